@@ -1,0 +1,36 @@
+# The one task vocabulary: README, CI (.ci/run) and hooks call these targets and nothing else.
+PYTHON ?= python3
+VENV := .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup run test lint format bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv and install cdgan with its tools
+
+run: setup  ## the whole pipeline on the embedded digits data: prepare -> train -> evaluate -> register
+	dvc repro
+	dvc metrics show
+
+test: setup  ## lint, then the pytest suite (CPU, a few minutes)
+	ruff check .
+	pytest
+
+lint: setup
+	ruff format --check .
+	ruff check .
+
+format: setup
+	ruff format .
+	ruff check --fix .
+
+bench: setup  ## benchmarks printing JSON (see benchmarks/)
+	python benchmarks/run.py --quick
+
+clean:  ## pipeline outputs and the local MLflow store (not .venv)
+	rm -rf data/prepared models metrics plots mlruns dvc.lock

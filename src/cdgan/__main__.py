@@ -1,0 +1,5 @@
+"""`python -m cdgan` runs the console script."""
+
+from cdgan.cli import main
+
+main()

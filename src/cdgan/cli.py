@@ -1,0 +1,87 @@
+"""The `cdgan` console script: one subcommand per stage, plus `sample`; the one place errors are caught."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+
+from cdgan import stages
+from cdgan.errors import CdganError
+from cdgan.params import Paths, load_params
+
+app = typer.Typer(
+    name="cdgan",
+    help="Contrastive-divergence GANs: prepare -> train -> evaluate -> register, then sample.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read")]
+PARAMS_FILE = Path("params.yaml")
+console = Console(stderr=True)
+
+
+@app.command()
+def prepare(params: ParamsOption = PARAMS_FILE) -> None:
+    """Build the data set in data/prepared/ (and the domain classifier behind FID for images)."""
+    result = stages.prepare(load_params(params), Paths())
+    accuracy = "" if result.classifier_accuracy is None else f", classifier accuracy {result.classifier_accuracy:.3f}"
+    console.print(f"prepared {result.n_examples} examples of shape {result.data_shape}{accuracy}")
+
+
+@app.command()
+def train(params: ParamsOption = PARAMS_FILE) -> None:
+    """Train generator and energy net; writes models/ and metrics/train.json, logs to MLflow."""
+    result = stages.train(load_params(params), Paths())
+    console.print(f"trained {result.steps} steps in {result.seconds:.1f}s, MLflow run {result.mlflow_run_id}")
+
+
+@app.command()
+def evaluate(params: ParamsOption = PARAMS_FILE) -> None:
+    """Score the trained generator (FID, or modes for 2-D data); writes metrics/eval.json and a sample picture."""
+    result = stages.evaluate(load_params(params), Paths())
+    console.print(" ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()) + f"; samples in {result.samples_png}")
+
+
+@app.command()
+def register(
+    params: ParamsOption = PARAMS_FILE,
+    force: Annotated[bool, typer.Option(help="make the new version champion even if it is not better")] = False,
+) -> None:
+    """Log the sampler as an MLflow model, register a version, move `champion` if it is better."""
+    result = stages.register(load_params(params), Paths(), force)
+    console.print(f"registered version {result.version} as {result.alias}: {result.reason}")
+
+
+@app.command()
+def sample(
+    out: Annotated[Path, typer.Option(help="output .npy file")],
+    n: Annotated[int, typer.Option(help="number of samples")] = 64,
+    seed: Annotated[int, typer.Option(help="latent seed; same seed, same samples")] = 0,
+    model_uri: Annotated[
+        str | None, typer.Option(help="MLflow model URI (default models:/<model_name>@champion)")
+    ] = None,
+    generator: Annotated[
+        Path | None, typer.Option(help="a generator.pt (energy.pt beside it) with the current params")
+    ] = None,
+    params: ParamsOption = PARAMS_FILE,
+) -> None:
+    """Write N samples: (N, 2) points or (N, C, H, W) images in [-1, 1]."""
+    path = stages.sample(load_params(params), Paths(), n, seed, out, model_uri, generator)
+    console.print(f"wrote {n} samples to {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, prog_name="cdgan", standalone_mode=False)
+    except CdganError as err:
+        print(f"cdgan: error: {err}", file=sys.stderr)  # one line, no traceback
+        raise SystemExit(1) from None
+    except click.ClickException as err:  # bad flags: click's own message and exit code 2
+        err.show()
+        raise SystemExit(err.exit_code) from None

@@ -1,0 +1,152 @@
+"""Data sets (embedded digits, 2-D mixtures, torchvision, image folders), preparation and batches."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cdgan.errors import CdganError
+from cdgan.files import write_atomic
+from cdgan.params import DataParams
+
+GRID25_STD = 0.05  # the standard 25-Gaussian grid (VEEGAN, PacGAN)
+RING8_STD = 0.02
+RING8_RADIUS = 2.0
+N_STACKED = 20_000  # stacked-digits examples; 1000 modes, 20 per mode on average
+
+_TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    x: np.ndarray  # float32: (N, 2) points, or (N, C, H, W) images in [-1, 1]
+    y: np.ndarray  # int64 (N,) labels or mixture components; -1 where unknown
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.y.max()) + 1
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+
+def mode_centres(dataset: str) -> tuple[np.ndarray, float]:
+    """Centres (M, 2) and standard deviation of a 2-D mixture data set."""
+    if dataset == "grid25":
+        grid = np.arange(-4.0, 5.0, 2.0)
+        return np.array([(i, j) for i in grid for j in grid]), GRID25_STD
+    if dataset == "ring8":
+        angles = 2 * math.pi * np.arange(8) / 8
+        return RING8_RADIUS * np.stack([np.cos(angles), np.sin(angles)], axis=1), RING8_STD
+    raise CdganError(f"data.dataset={dataset!r} has no mode centres; use grid25 or ring8")
+
+
+def _mixture(dataset: str, n: int, rng: np.random.Generator) -> Dataset:
+    centres, std = mode_centres(dataset)
+    component = rng.integers(len(centres), size=n)
+    x = centres[component] + std * rng.standard_normal((n, 2))
+    return Dataset(x.astype(np.float32), component.astype(np.int64))
+
+
+def _digits() -> Dataset:
+    from sklearn.datasets import load_digits  # ships with scikit-learn: works offline
+
+    digits = load_digits()
+    x = digits.images.astype(np.float32)[:, None] / 8.0 - 1.0  # pixel values 0..16 -> [-1, 1]
+    return Dataset(x, digits.target.astype(np.int64))
+
+
+def _stacked_digits(n: int, rng: np.random.Generator) -> Dataset:
+    """Three independently drawn digits as the three channels: 1000 modes (as stacked MNIST)."""
+    digits = _digits()
+    picks = rng.integers(len(digits.y), size=(n, 3))
+    x = np.concatenate([digits.x[picks[:, c]] for c in range(3)], axis=1)  # (N, 3, 8, 8)
+    labels = digits.y[picks]
+    return Dataset(x, labels[:, 0] * 100 + labels[:, 1] * 10 + labels[:, 2])
+
+
+def _torchvision(params: DataParams) -> Dataset:
+    import torchvision
+
+    name = _TORCHVISION[params.dataset]
+    root = Path(params.root)
+    try:
+        ds = getattr(torchvision.datasets, name)(root=str(root), train=True, download=params.download)
+    except Exception as err:  # torchvision raises RuntimeError or URLError, depending on what failed
+        raise CdganError(
+            f"data.dataset={params.dataset}: could not load {name} under {root} ({err}). Without network, "
+            f"download the {name} files elsewhere and put them under {root / name}"
+            f"{'/raw' if params.dataset != 'cifar10' else ''} (or set data.root), then rerun"
+        ) from None
+    x = np.asarray(ds.data, dtype=np.float32)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)  # (N, C, H, W)
+    return Dataset(x / 127.5 - 1.0, np.asarray(ds.targets, dtype=np.int64))
+
+
+def _folder(params: DataParams) -> Dataset:
+    import torchvision
+
+    root = Path(params.root)
+    if not root.is_dir():
+        raise CdganError(f"data.root={root}: not a directory; data.dataset=folder wants <root>/<class>/<image>")
+    try:
+        ds = torchvision.datasets.ImageFolder(str(root))
+    except (FileNotFoundError, OSError) as err:
+        raise CdganError(f"data.root={root}: {err}; put images in class subfolders <root>/<class>/*.png") from None
+    side = params.image_size
+    images = [np.asarray(image.convert("RGB").resize((side, side)), dtype=np.float32) for image, _ in ds]
+    x = np.stack(images).transpose(0, 3, 1, 2) / 127.5 - 1.0
+    return Dataset(x, np.asarray(ds.targets, dtype=np.int64))
+
+
+def _resize(x: np.ndarray, side: int) -> np.ndarray:
+    if x.shape[-1] == side:
+        return x
+    resized = F.interpolate(torch.from_numpy(x), size=(side, side), mode="bilinear", antialias=True)
+    return resized.clamp(-1, 1).numpy()
+
+
+def build_dataset(params: DataParams) -> Dataset:
+    rng = np.random.default_rng(params.seed)
+    if params.dataset in ("grid25", "ring8"):
+        return _mixture(params.dataset, params.n_points, rng)
+    if params.dataset == "digits":
+        ds = _digits()
+    elif params.dataset == "stacked-digits":
+        ds = _stacked_digits(N_STACKED, rng)
+    elif params.dataset == "folder":
+        ds = _folder(params)
+    else:
+        ds = _torchvision(params)
+    return Dataset(_resize(ds.x, params.image_size).astype(np.float32), ds.y)
+
+
+def save_dataset(path: Path, ds: Dataset) -> Path:
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # a file object: np.savez would append ".npz" to a path
+            np.savez(f, x=ds.x, y=ds.y)
+
+    return write_atomic(path, write)
+
+
+def load_dataset(path: Path) -> Dataset:
+    try:
+        with np.load(path) as npz:
+            return Dataset(npz["x"], npz["y"])
+    except FileNotFoundError:
+        raise CdganError(f"{path}: prepared data not found; run `cdgan prepare` (or dvc repro) first") from None
+    except Exception as err:  # zipfile.BadZipFile, KeyError, ValueError for a corrupt file
+        raise CdganError(f"{path}: corrupt prepared data ({type(err).__name__}); rerun `cdgan prepare`") from None
+
+
+def sample_batch(x: Tensor, batch_size: int, generator: torch.Generator) -> Tensor:
+    """A random batch from a data set held on the device as one tensor (no DataLoader workers)."""
+    index = torch.randint(len(x), (batch_size,), generator=generator, device=generator.device)
+    return x[index]

@@ -1,0 +1,91 @@
+"""Generator and energy network: MLPs for 2-D points, DCGAN-style conv nets for images."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from cdgan.params import ModelParams
+
+
+def _sn(layer: nn.Module, enabled: bool) -> nn.Module:
+    return spectral_norm(layer) if enabled else layer
+
+
+class Generator(nn.Module):
+    def __init__(self, z_dim: int, body: nn.Module, data_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.z_dim = z_dim
+        self.data_shape = data_shape
+        self.body = body
+
+    def forward(self, z: Tensor) -> Tensor:  # (B, z_dim) -> (B, *data_shape)
+        return self.body(z).view(len(z), *self.data_shape)
+
+    def sample_z(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        device = next(self.parameters()).device
+        return torch.randn(n, self.z_dim, generator=generator, device=device)
+
+
+class EnergyNet(nn.Module):
+    """E(x) -> (B,): low on real data, high on generated data. A GAN critic's output is -E."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x).squeeze(-1)
+
+
+def _mlp_pair(params: ModelParams) -> tuple[nn.Module, nn.Module]:
+    h, sn = params.hidden, params.spectral_norm
+    generator = nn.Sequential(
+        nn.Linear(params.z_dim, h), nn.ReLU(),
+        nn.Linear(h, h), nn.ReLU(),
+        nn.Linear(h, h), nn.ReLU(),
+        nn.Linear(h, 2),
+    )  # fmt: skip
+    # SiLU, not ReLU: Langevin steps follow dE/dx, which a piecewise-linear energy makes piecewise constant
+    energy = nn.Sequential(
+        _sn(nn.Linear(2, h), sn), nn.SiLU(),
+        _sn(nn.Linear(h, h), sn), nn.SiLU(),
+        _sn(nn.Linear(h, h), sn), nn.SiLU(),
+        _sn(nn.Linear(h, 1), sn),
+    )  # fmt: skip
+    return generator, energy
+
+
+def _conv_pair(params: ModelParams, channels: int, side: int) -> tuple[nn.Module, nn.Module]:
+    n_up = int(math.log2(side // 4))  # 4x4 -> side x side by stride-2 blocks
+    top = params.channels * 2**n_up
+    g_layers: list[nn.Module] = [
+        nn.Linear(params.z_dim, top * 16),
+        nn.Unflatten(1, (top, 4, 4)),  # (B, top, 4, 4)
+        nn.BatchNorm2d(top),
+        nn.ReLU(),
+    ]
+    e_layers: list[nn.Module] = [_sn(nn.Conv2d(channels, params.channels, 3, 1, 1), params.spectral_norm), nn.SiLU()]
+    width = top
+    for _ in range(n_up):
+        g_layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1), nn.BatchNorm2d(width // 2), nn.ReLU()]
+        width //= 2  # spatial side doubles
+    g_layers += [nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh()]  # (B, C, side, side) in [-1, 1]
+    for _ in range(n_up):
+        e_layers += [_sn(nn.Conv2d(width, width * 2, 4, 2, 1), params.spectral_norm), nn.SiLU()]
+        width *= 2  # spatial side halves
+    e_layers += [nn.Flatten(), _sn(nn.Linear(width * 16, 1), params.spectral_norm)]  # (B, top*16) -> (B, 1)
+    return nn.Sequential(*g_layers), nn.Sequential(*e_layers)
+
+
+def build_models(params: ModelParams, data_shape: tuple[int, ...]) -> tuple[Generator, EnergyNet]:
+    """Both networks for data of shape (2,) or (C, H, W), freshly initialised from torch's RNG."""
+    if len(data_shape) == 1:
+        g_body, e_body = _mlp_pair(params)
+    else:
+        channels, side, _ = data_shape
+        g_body, e_body = _conv_pair(params, channels, side)
+    return Generator(params.z_dim, g_body, tuple(data_shape)), EnergyNet(e_body)

@@ -1,0 +1,41 @@
+"""Pictures people look at: image sample grids and 2-D scatter plots over the true mode centres."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from torch import Tensor
+
+from cdgan.files import write_atomic
+
+
+def save_samples_png(path: Path, x: Tensor, centres: np.ndarray | None = None, title: str = "") -> Path:
+    """A grid of up to 64 images (N, C, H, W) in [-1, 1], or a scatter of (N, 2) points."""
+    if x.dim() == 4:
+        from torchvision.utils import save_image
+
+        grid = x[:64].float()
+        if grid.shape[-1] < 32:  # tiny images (8x8 digits) are unreadable at native size
+            grid = grid.repeat_interleave(4, -1).repeat_interleave(4, -2)
+        return write_atomic(
+            path, lambda tmp: save_image(grid, tmp, format="png", nrow=8, normalize=True, value_range=(-1, 1))
+        )
+    return write_atomic(path, lambda tmp: _scatter(tmp, x.numpy(), centres, title))
+
+
+def _scatter(path: Path, points: np.ndarray, centres: np.ndarray | None, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.4, label="samples")
+    if centres is not None:
+        ax.scatter(centres[:, 0], centres[:, 1], s=40, marker="x", c="red", label="true modes")
+    ax.set_aspect("equal")
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.savefig(path, format="png", bbox_inches="tight")
+    plt.close(fig)

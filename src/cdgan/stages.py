@@ -1,0 +1,232 @@
+"""One function per pipeline stage (prepare, train, evaluate, register) plus `sample`.
+
+The CLI, DVC (through the CLI), Prefect (through DVC) and the tests all call these.
+"""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from cdgan import registry, tracking
+from cdgan.classifier import fit_classifier
+from cdgan.data import build_dataset, load_dataset, mode_centres, save_dataset
+from cdgan.errors import CdganError
+from cdgan.evaluation import FEATURE_EXTRACTOR, build_scorer, load_reference, primary_metric, save_reference
+from cdgan.files import load_torch, read_json, save_torch, write_atomic, write_json
+from cdgan.models import EnergyNet, Generator, build_models
+from cdgan.params import Params, Paths
+from cdgan.pictures import save_samples_png
+from cdgan.sampler import draw_samples
+from cdgan.train import fit, init_state
+
+SCORE_SAMPLES = 1000  # samples behind each score during training (FID over time), raw G(z)
+LOSS_KEYS = ("loss_e", "loss_g", "e_real", "e_fake", "grad_norm_g")
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    n_examples: int
+    data_shape: tuple[int, ...]
+    classifier_accuracy: float | None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    mlflow_run_id: str
+    steps: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    metrics: dict[str, float]
+    samples_png: Path
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    version: int
+    alias: str
+    reason: str
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when present, else CPU; `cuda` without a GPU is an error, never a silent fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CdganError("train.device=cuda but no CUDA GPU is visible; use device: auto or cpu")
+    return torch.device(name)
+
+
+def prepare(params: Params, paths: Paths) -> PrepareResult:
+    ds = build_dataset(params.data)
+    accuracy = None
+    if params.data.is_image:
+        classifier, accuracy = fit_classifier(
+            torch.from_numpy(ds.x), torch.from_numpy(ds.y), params.data.classifier_epochs, params.data.seed
+        )
+        save_reference(paths.classifier, classifier, torch.from_numpy(ds.x), accuracy)
+    else:
+        paths.classifier.unlink(missing_ok=True)
+    save_dataset(paths.dataset, ds)
+    summary = {"n_examples": len(ds.x), "n_classes": ds.n_classes}
+    write_json(
+        paths.metrics / "prepare.json", summary | ({"classifier_accuracy": accuracy} if accuracy is not None else {})
+    )
+    return PrepareResult(len(ds.x), ds.shape, accuracy)
+
+
+def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["step"])
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomic(path, write)
+
+
+def train(params: Params, paths: Paths) -> TrainResult:
+    device = resolve_device(params.train.device)
+    real = load_dataset(paths.dataset)
+    scorer = build_scorer(params.data.dataset, real, paths.classifier)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)  # same seed, same weights, bit for bit
+    state = init_state(params.model, params.train, real.shape, device)
+    x_data = torch.from_numpy(real.x).to(device)  # small data sets live on the device as one tensor
+    loss_rows: list[dict[str, float]] = []
+    score_rows: list[dict[str, float]] = []
+    meta = {"model": params.model.model_dump(), "train": params.train.model_dump(), "data_shape": list(real.shape)}
+
+    def score(generator: Generator, energy: EnergyNet) -> dict[str, float]:
+        return scorer(draw_samples(generator, energy, SCORE_SAMPLES, params.train.seed))
+
+    start = time.perf_counter()
+    with tracking.tracked_run(params, paths) as run_id, _progress_bar() as progress:
+        task = progress.add_task(f"train {params.train.loss} k={params.train.cd_k}", total=params.train.steps, info="")
+
+        def log(step: int, values: dict[str, float]) -> None:
+            (loss_rows if "loss_e" in values else score_rows).append({"step": step} | values)
+            tracking.log_metrics(step, values)
+            progress.update(task, completed=step, info=" ".join(f"{k}={v:.3g}" for k, v in values.items()))
+
+        fit(state, x_data, params.train, log, score, paths.checkpoint, meta)
+        seconds = time.perf_counter() - start
+        save_torch(paths.generator, state.sampling_generator.state_dict())
+        save_torch(paths.energy, state.energy.state_dict())
+        _write_csv(paths.train_plots / "losses.csv", loss_rows)
+        _write_csv(paths.train_plots / "scores.csv", score_rows)
+        summary = {"mlflow_run_id": run_id, "steps": state.step, "train_seconds": round(seconds, 2)}
+        summary |= {k: loss_rows[-1][k] for k in LOSS_KEYS}
+        write_json(paths.train_metrics, summary)
+        tracking.log_metrics(None, {"train_seconds": seconds})
+        for path in (paths.train_plots / "losses.csv", paths.train_plots / "scores.csv"):
+            tracking.log_artifact(path, "plots")
+    return TrainResult(run_id, state.step, seconds)
+
+
+@contextmanager
+def _progress_bar() -> Iterator[Progress]:
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
+    with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")) as bar:
+        yield bar
+
+
+def _load_trained(
+    params: Params, paths: Paths, data_shape: tuple[int, ...], generator_path: Path | None = None
+) -> tuple[Generator, EnergyNet]:
+    generator_path = generator_path or paths.generator
+    generator, energy = build_models(params.model, data_shape)
+    try:
+        generator.load_state_dict(load_torch(generator_path, "generator"))
+        energy.load_state_dict(load_torch(generator_path.parent / paths.energy.name, "energy net"))
+    except RuntimeError as err:  # shape mismatch: the file was trained with other model params
+        raise CdganError(f"{generator_path}: does not match params.yaml model section ({err}); retrain") from None
+    return generator.eval(), energy.eval()
+
+
+def evaluate(params: Params, paths: Paths) -> EvaluateResult:
+    run_id = read_json(paths.train_metrics)["mlflow_run_id"]
+    real = load_dataset(paths.dataset)
+    scorer = build_scorer(params.data.dataset, real, paths.classifier)
+    generator, energy = _load_trained(params, paths, real.shape)
+    ev = params.evaluate
+    x_raw = draw_samples(generator, energy, ev.n_samples, ev.seed)
+    x_out = draw_samples(generator, energy, ev.n_samples, ev.seed, ev.langevin_steps, ev.step_size, ev.noise)
+    metrics = scorer(x_out) | {f"{k}_raw": v for k, v in scorer(x_raw).items()}
+    if params.data.is_image:
+        metrics["classifier_accuracy"] = load_reference(paths.classifier).accuracy
+    centres = None if params.data.is_image else mode_centres(params.data.dataset)[0]
+    title = f"{params.train.loss} k={params.train.cd_k}, {ev.langevin_steps} Langevin steps"
+    png = save_samples_png(paths.eval_plots / "samples.png", x_out[:2500], centres, title)
+    with tracking.tracked_run(params, paths, run_id):
+        tracking.log_metrics(None, metrics)
+        tracking.log_artifact(png, "samples")
+    info = {"dataset": params.data.dataset, "feature_extractor": FEATURE_EXTRACTOR, "mlflow_run_id": run_id}
+    write_json(paths.eval_metrics, metrics | {"n_samples": ev.n_samples} | info)
+    return EvaluateResult(metrics, png)
+
+
+def register(params: Params, paths: Paths, force: bool = False) -> RegisterResult:
+    run_id = read_json(paths.train_metrics)["mlflow_run_id"]
+    evaluation = read_json(paths.eval_metrics)
+    metric, lower_is_better = primary_metric(params.data.is_image)
+    real_shape = load_dataset(paths.dataset).shape
+    generator, energy = _load_trained(params, paths, real_shape)
+    ev = params.evaluate
+    sampling = {"langevin_steps": ev.langevin_steps, "step_size": ev.step_size, "noise": ev.noise}
+    comparable = {"dataset": evaluation["dataset"], "feature_extractor": evaluation["feature_extractor"]}
+    with tempfile.TemporaryDirectory() as tmp, tracking.tracked_run(params, paths, run_id):
+        bundle = registry.save_bundle(
+            Path(tmp) / "bundle.pt", params.model, real_shape, generator.state_dict(), energy.state_dict(), sampling
+        )
+        model_uri = registry.log_sampler(bundle)
+        reg = registry.register_version(
+            model_uri, params.register.model_name, metric, evaluation[metric], lower_is_better, comparable,
+            params.register.min_improvement, force,
+        )  # fmt: skip
+    write_json(
+        paths.register_metrics,
+        {"model_name": params.register.model_name, "version": reg.version, "alias": reg.alias,
+         "is_champion": reg.alias == registry.CHAMPION, "reason": reg.reason, "mlflow_run_id": run_id},
+    )  # fmt: skip
+    return RegisterResult(reg.version, reg.alias, reg.reason)
+
+
+def sample(
+    params: Params,
+    paths: Paths,
+    n: int,
+    seed: int,
+    out: Path,
+    model_uri: str | None = None,
+    generator_path: Path | None = None,
+) -> Path:
+    """n samples to `out` (.npy): from --generator with the current params, else a registered model."""
+    if n <= 0:
+        raise CdganError(f"--n must be > 0 (got {n})")
+    if generator_path is not None:
+        generator, energy = _load_trained(params, paths, load_dataset(paths.dataset).shape, generator_path)
+        ev = params.evaluate
+        x = draw_samples(generator, energy, n, seed, ev.langevin_steps, ev.step_size, ev.noise).numpy()
+    else:
+        tracking.connect(paths)
+        uri = model_uri or f"models:/{params.register.model_name}@{registry.CHAMPION}"
+        x = registry.load_sampler(uri).sample(n, seed)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # a file object: np.save would append ".npy" to a path
+            np.save(f, x)
+
+    return write_atomic(out, write)

@@ -1,0 +1,144 @@
+"""The one training loop: energy-net and generator steps, logging, scoring, checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from cdgan.data import sample_batch
+from cdgan.errors import CdganError
+from cdgan.files import save_torch
+from cdgan.losses import LOSSES, energy_magnitude, gradient_penalty, refine_langevin
+from cdgan.models import EnergyNet, Generator, build_models
+from cdgan.params import ModelParams, TrainParams
+
+Log = Callable[[int, dict[str, float]], None]
+Score = Callable[[Generator, EnergyNet], dict[str, float]]
+ENERGY_BOUND = 1e4  # |E| beyond this means the energy net diverged (lr or Langevin step too large)
+
+
+@dataclass
+class TrainState:
+    generator: Generator
+    energy: EnergyNet
+    ema: AveragedModel | None
+    opt_g: torch.optim.Optimizer
+    opt_e: torch.optim.Optimizer
+    rng: torch.Generator  # batches, latents, chain noise
+    step: int = 0
+
+    @property
+    def sampling_generator(self) -> Generator:
+        """The generator users get: EMA weights when enabled."""
+        return self.ema.module if self.ema is not None else self.generator
+
+
+def init_state(model: ModelParams, train: TrainParams, data_shape: tuple[int, ...], device: torch.device) -> TrainState:
+    torch.manual_seed(train.seed)
+    generator, energy = build_models(model, data_shape)
+    generator, energy = generator.to(device), energy.to(device)
+    ema = None
+    if train.ema > 0:
+        ema = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(train.ema), use_buffers=True)
+    betas = (train.beta1, train.beta2)
+    return TrainState(
+        generator,
+        energy,
+        ema,
+        torch.optim.Adam(generator.parameters(), lr=train.lr, betas=betas),
+        torch.optim.Adam(energy.parameters(), lr=train.lr, betas=betas),
+        torch.Generator(device).manual_seed(train.seed),
+    )
+
+
+def checkpoint_dict(state: TrainState, meta: dict[str, Any]) -> dict[str, Any]:
+    """Everything needed to resume or to sample: both networks, optimisers, EMA, RNG states, step, params."""
+    return {
+        "generator": state.generator.state_dict(),
+        "energy": state.energy.state_dict(),
+        "ema": state.ema.state_dict() if state.ema is not None else None,
+        "opt_g": state.opt_g.state_dict(),
+        "opt_e": state.opt_e.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "loop": state.rng.get_state()},
+        "step": state.step,
+        "meta": meta,
+    }
+
+
+def _energy_step(params: TrainParams, s: TrainState, x_data: Tensor) -> dict[str, Tensor]:
+    loss = LOSSES[params.loss]
+    x_real = sample_batch(x_data, params.batch_size, s.rng)
+    with torch.no_grad():
+        x_fake = s.generator(s.generator.sample_z(params.batch_size, s.rng))
+    if params.loss == "cd":  # CD_k: the negative samples are G(z) after k Langevin steps on E
+        clamp = (-1.0, 1.0) if x_data.dim() == 4 else None
+        x_fake = refine_langevin(
+            s.energy, x_fake, params.cd_k, params.langevin_step_size, params.langevin_noise, clamp, s.rng
+        )
+    e_real, e_fake = s.energy(x_real), s.energy(x_fake)
+    loss_e = loss.energy(e_real, e_fake)
+    if loss.is_unbounded:
+        loss_e = loss_e + params.energy_reg * energy_magnitude(e_real, e_fake)
+    if loss.has_gradient_penalty:
+        loss_e = loss_e + params.gp_weight * gradient_penalty(s.energy, x_real, x_fake, s.rng)
+    s.opt_e.zero_grad(set_to_none=True)
+    loss_e.backward()
+    s.opt_e.step()
+    return {"loss_e": loss_e.detach(), "e_real": e_real.mean().detach(), "e_fake": e_fake.mean().detach()}
+
+
+def _generator_step(params: TrainParams, s: TrainState) -> dict[str, Tensor]:
+    e_gen = s.energy(s.generator(s.generator.sample_z(params.batch_size, s.rng)))
+    loss_g = LOSSES[params.loss].generator(e_gen)
+    s.opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    grad_norm_g = nn.utils.clip_grad_norm_(s.generator.parameters(), float("inf"))  # measures, clips nothing
+    s.opt_g.step()
+    if s.ema is not None:
+        s.ema.update_parameters(s.generator)
+    return {"loss_g": loss_g.detach(), "grad_norm_g": grad_norm_g.detach()}
+
+
+def _check_finite(step: int, values: dict[str, float], params: TrainParams) -> None:
+    bad = {
+        k: v for k, v in values.items() if not abs(v) < float("inf") or (k.startswith("e_") and abs(v) > ENERGY_BOUND)
+    }
+    if bad:
+        raise CdganError(
+            f"training diverged at step {step}: {bad}. Lower train.lr (now {params.lr}) or "
+            f"train.langevin_step_size (now {params.langevin_step_size}), or raise train.energy_reg"
+        )
+
+
+def fit(
+    state: TrainState,
+    x_data: Tensor,
+    params: TrainParams,
+    log: Log,
+    score: Score | None = None,
+    checkpoint_path: Path | None = None,
+    meta: dict[str, Any] | None = None,
+) -> TrainState:
+    """Train from `state.step` to `params.steps` generator steps; `x_data` already sits on the device."""
+    state.generator.train()
+    while state.step < params.steps:
+        for _ in range(params.n_critic):
+            values = _energy_step(params, state, x_data)
+        values |= _generator_step(params, state)
+        state.step += 1
+        step, is_last = state.step, state.step == params.steps
+        if step % params.log_every == 0 or is_last:
+            logged = {k: v.item() for k, v in values.items()}  # the only host sync of the loop
+            _check_finite(step, logged, params)
+            log(step, logged)
+        if score is not None and params.eval_every and (step % params.eval_every == 0 or is_last):
+            log(step, score(state.sampling_generator, state.energy))
+        if checkpoint_path is not None and (step % params.checkpoint_every == 0 or is_last):
+            save_torch(checkpoint_path, checkpoint_dict(state, meta or {}))
+    return state
