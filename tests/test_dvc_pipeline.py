@@ -1,0 +1,103 @@
+"""End to end: `dvc repro` of the four stages in a fresh git + DVC project, MLflow, and `cdgan sample`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import yaml
+from mlflow.tracking import MlflowClient
+
+from cdgan.params import Paths
+from tests.conftest import REPO, run
+
+STAGES = ("prepare", "train", "evaluate", "register")
+
+
+def test_dvc_yaml_declares_the_four_stages_with_paths_as_in_code() -> None:
+    # given the project's dvc.yaml and the fixed Paths
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    paths = Paths()
+
+    # then stage names, commands and outputs agree with the code
+    assert tuple(stages) == STAGES
+    assert all(stage["cmd"] == f"cdgan {name}" for name, stage in stages.items())
+
+    def declared(stage: str, key: str) -> set[str]:
+        return {next(iter(o)) if isinstance(o, dict) else o for o in stages[stage].get(key, [])}
+
+    assert declared("prepare", "outs") == {str(paths.prepared)}
+    assert declared("train", "outs") >= {str(paths.generator), str(paths.energy), str(paths.checkpoint)}
+    assert declared("train", "metrics") == {str(paths.train_metrics)}
+    assert declared("evaluate", "metrics") == {str(paths.eval_metrics)}
+    assert declared("register", "metrics") == {str(paths.register_metrics)}
+    assert str(paths.dataset.parent) in declared("train", "deps")
+
+
+def test_repro_writes_every_output(dvc_paths: Paths) -> None:
+    for path in (dvc_paths.dataset, dvc_paths.classifier, dvc_paths.generator, dvc_paths.energy, dvc_paths.checkpoint):
+        assert path.stat().st_size > 0, f"{path} missing or empty"
+    assert (dvc_paths.eval_plots / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    losses = (dvc_paths.train_plots / "losses.csv").read_text().splitlines()
+    assert losses[0].split(",")[:3] == ["step", "loss_e", "e_real"]
+    assert len(losses) == 1 + 20 // 5, "one row per log_every step"
+    scores = (dvc_paths.train_plots / "scores.csv").read_text().splitlines()
+    assert scores[0] == "step,fid" and len(scores) == 1 + 20 // 10
+
+
+def test_repro_then_status_is_clean_and_second_repro_does_nothing(dvc_repo: Path) -> None:
+    status = run(["dvc", "status"], dvc_repo)
+    assert "up to date" in status.stdout, status.stdout
+    again = run(["dvc", "repro"], dvc_repo)
+    assert "Running stage" not in again.stdout, again.stdout
+
+
+def test_metrics_have_fid_and_the_mlflow_run_id(dvc_repo: Path, dvc_paths: Paths) -> None:
+    evaluation = json.loads(dvc_paths.eval_metrics.read_text())
+    assert np.isfinite(evaluation["fid"]) and evaluation["fid"] >= 0
+    assert evaluation["mlflow_run_id"] == json.loads(dvc_paths.train_metrics.read_text())["mlflow_run_id"]
+    shown = run(["dvc", "metrics", "show", "--json"], dvc_repo)
+    assert "fid" in shown.stdout
+
+
+def test_mlflow_run_has_params_metrics_picture_and_lineage(dvc_repo: Path, dvc_paths: Paths, mlflow_uri: str) -> None:
+    run_id = json.loads(dvc_paths.train_metrics.read_text())["mlflow_run_id"]
+    client = MlflowClient(mlflow_uri)
+    got = client.get_run(run_id)
+    assert got.info.status == "FINISHED"
+    assert got.data.params["train.loss"] == "cd" and got.data.params["train.cd_k"] == "2"
+    assert {"fid", "loss_e", "loss_g", "grad_norm_g"} <= set(got.data.metrics)
+    assert len(client.get_metric_history(run_id, "loss_e")) == 20 // 5, "per-step losses"
+    commit = run(["git", "rev-parse", "HEAD"], dvc_repo).stdout.strip()
+    assert got.data.tags["git_commit"] == commit
+    artifacts = {a.path for a in client.list_artifacts(run_id, "samples")}
+    assert "samples/samples.png" in artifacts
+
+
+def test_registered_version_is_champion_and_samples_have_the_documented_shape(
+    dvc_repo: Path, dvc_paths: Paths, mlflow_uri: str, tmp_path: Path
+) -> None:
+    register = json.loads(dvc_paths.register_metrics.read_text())
+    version = MlflowClient(mlflow_uri).get_model_version_by_alias("cdgan-dvc-test", "champion")
+    assert int(version.version) == register["version"] and register["alias"] == "champion"
+
+    out = tmp_path / "samples.npy"
+    run(["cdgan", "sample", "--n", "7", "--seed", "3", "--out", str(out)], dvc_repo)
+    x = np.load(out)
+    assert x.shape == (7, 1, 8, 8) and x.min() >= -1 and x.max() <= 1
+
+    again = tmp_path / "again.npy"
+    run(["cdgan", "sample", "--n", "7", "--seed", "3", "--out", str(again), "--generator", "models/generator.pt"], dvc_repo)
+    np.testing.assert_allclose(np.load(again), x, atol=1e-6, err_msg="registered model and local files disagree")
+
+
+def test_pyfunc_loads_by_alias(dvc_repo: Path, mlflow_uri: str) -> None:
+    mlflow.set_tracking_uri(mlflow_uri)
+    model = mlflow.pyfunc.load_model("models:/cdgan-dvc-test@champion")
+    import pandas as pd
+
+    x = model.predict(pd.DataFrame({"n": [3, 2], "seed": [0, 1]}))
+    assert x.shape == (5, 1, 8, 8)
+    np.testing.assert_array_equal(model.predict(pd.DataFrame({"n": [3], "seed": [0]})), x[:3])
