@@ -10,8 +10,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema, TensorSpec
 
 from cdgan.errors import CdganError
 from cdgan.files import load_torch, save_torch
@@ -84,7 +85,11 @@ class Sampler(mlflow.pyfunc.PythonModel):
 def log_sampler(bundle_path: Path) -> str:
     """Log the pyfunc sampler into the active run; returns its model URI."""
     example = pd.DataFrame({"n": [2], "seed": [0]})
-    signature = infer_signature(example, load_bundle(bundle_path).sample(2, 0).astype(np.float32))
+    data_shape = load_bundle(bundle_path).generator.data_shape
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("long", "n"), ColSpec("long", "seed", required=False)]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *data_shape))]),
+    )
     info = mlflow.pyfunc.log_model(
         name="sampler",
         python_model=Sampler(),

@@ -1,0 +1,108 @@
+"""The `cdgan` console script: help, one-line errors with exit code 1, nothing written on bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cdgan.cli import main
+from tests.conftest import run, tiny_raw
+
+
+@pytest.mark.parametrize("command", ["prepare", "train", "evaluate", "register", "sample"])
+def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    main([command, "--help"])
+    assert "--params" in capsys.readouterr().out
+
+
+BAD_PARAMS = [
+    ({"train": {"cd_k": -1}}, "train.cd_k"),
+    ({"train": {"loss": "kl"}}, "train.loss"),
+    ({"train": {"steps": "many"}}, "train.steps"),
+    ({"data": {"dataset": "imagenet"}}, "data.dataset"),
+    ({"data": {"image_size": 10}}, "data.image_size"),
+    ({"evaluate": {"n_smples": 10}}, "evaluate.n_smples"),
+    ({"train": {"device": "tpu"}}, "train.device"),
+]
+
+
+@pytest.mark.parametrize(("override", "key"), BAD_PARAMS, ids=[key for _, key in BAD_PARAMS])
+@pytest.mark.parametrize("command", ["prepare", "train", "evaluate", "register"])
+def test_bad_param_is_one_clear_error_and_writes_nothing(
+    command: str, override: dict, key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given a project directory whose params.yaml has one bad key
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text(yaml.safe_dump(tiny_raw(**override)))
+
+    # when a stage runs
+    with pytest.raises(SystemExit) as exit_info:
+        main([command])
+
+    # then: exit 1, one line naming the key, and nothing written
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert err.startswith("cdgan: error: params.yaml:") and key in err, err
+    assert err.count("\n") == 1, f"one line, no traceback: {err}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("command", "missing"),
+    [(["train"], "data/prepared/dataset.npz"), (["evaluate"], "metrics/train.json"), (["register"], "metrics/train.json")],
+)
+def test_missing_inputs_name_the_file_and_the_fix(
+    command: list[str], missing: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text(yaml.safe_dump(tiny_raw()))
+    with pytest.raises(SystemExit) as exit_info:
+        main(command)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and missing in err and "dvc repro" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_corrupt_prepared_data_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text(yaml.safe_dump(tiny_raw()))
+    Path("data/prepared").mkdir(parents=True)
+    Path("data/prepared/dataset.npz").write_bytes(b"not a zip file")
+    with pytest.raises(SystemExit):
+        main(["train"])
+    err = capsys.readouterr().err
+    assert "dataset.npz: corrupt" in err and "cdgan prepare" in err, err
+    assert not Path("models").exists() and not Path("mlruns").exists()
+
+
+def test_missing_params_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prepare", "--params", "nope.yaml"])
+    assert exit_info.value.code == 1 and "nope.yaml: params file not found" in capsys.readouterr().err
+
+
+def test_unreachable_tracking_server_fails_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given prepared data and a tracking URI where nothing listens
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text(yaml.safe_dump(tiny_raw(data={"dataset": "grid25", "n_points": 100})))
+    main(["prepare"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train"])
+
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "127.0.0.1:9 is unreachable" in err, err
+    assert not Path("models").exists(), "no training output before the store is known to work"
+
+
+def test_installed_console_script_runs(tmp_path: Path) -> None:
+    result = run(["cdgan", "--help"], tmp_path)
+    assert all(command in result.stdout for command in ("prepare", "train", "evaluate", "register", "sample"))
+    bad = run(["cdgan", "train", "--params", "absent.yaml"], tmp_path, check=False)
+    assert bad.returncode == 1 and "absent.yaml" in bad.stderr
