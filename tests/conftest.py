@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+
+# Tiny networks gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning
+# threads slow them down by up to 100x; subprocesses (dvc, cdgan) inherit this too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 import random
 import shutil
 import subprocess

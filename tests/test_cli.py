@@ -31,7 +31,12 @@ BAD_PARAMS = [
 @pytest.mark.parametrize(("override", "key"), BAD_PARAMS, ids=[key for _, key in BAD_PARAMS])
 @pytest.mark.parametrize("command", ["prepare", "train", "evaluate", "register"])
 def test_bad_param_is_one_clear_error_and_writes_nothing(
-    command: str, override: dict, key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    command: str,
+    override: dict,
+    key: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # given a project directory whose params.yaml has one bad key
     monkeypatch.chdir(tmp_path)
@@ -51,10 +56,18 @@ def test_bad_param_is_one_clear_error_and_writes_nothing(
 
 @pytest.mark.parametrize(
     ("command", "missing"),
-    [(["train"], "data/prepared/dataset.npz"), (["evaluate"], "metrics/train.json"), (["register"], "metrics/train.json")],
+    [
+        (["train"], "data/prepared/dataset.npz"),
+        (["evaluate"], "metrics/train.json"),
+        (["register"], "metrics/train.json"),
+    ],
 )
 def test_missing_inputs_name_the_file_and_the_fix(
-    command: list[str], missing: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    command: list[str],
+    missing: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.chdir(tmp_path)
     Path("params.yaml").write_text(yaml.safe_dump(tiny_raw()))
@@ -65,7 +78,9 @@ def test_missing_inputs_name_the_file_and_the_fix(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
-def test_corrupt_prepared_data_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_corrupt_prepared_data_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     Path("params.yaml").write_text(yaml.safe_dump(tiny_raw()))
     Path("data/prepared").mkdir(parents=True)
@@ -77,7 +92,9 @@ def test_corrupt_prepared_data_is_named(tmp_path: Path, monkeypatch: pytest.Monk
     assert not Path("models").exists() and not Path("mlruns").exists()
 
 
-def test_missing_params_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_params_file_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         main(["prepare", "--params", "nope.yaml"])

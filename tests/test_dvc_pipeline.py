@@ -89,7 +89,10 @@ def test_registered_version_is_champion_and_samples_have_the_documented_shape(
     assert x.shape == (7, 1, 8, 8) and x.min() >= -1 and x.max() <= 1
 
     again = tmp_path / "again.npy"
-    run(["cdgan", "sample", "--n", "7", "--seed", "3", "--out", str(again), "--generator", "models/generator.pt"], dvc_repo)
+    run(
+        ["cdgan", "sample", "--n", "7", "--seed", "3", "--out", str(again), "--generator", "models/generator.pt"],
+        dvc_repo,
+    )
     np.testing.assert_allclose(np.load(again), x, atol=1e-6, err_msg="registered model and local files disagree")
 
 

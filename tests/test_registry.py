@@ -37,7 +37,9 @@ def sampler_uri(mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory) -> st
         return registry.log_sampler(bundle)
 
 
-def _register(uri: str, name: str, modes: float, comparable: dict[str, str] = COMPARABLE, **kw: object) -> registry.Registration:
+def _register(
+    uri: str, name: str, modes: float, comparable: dict[str, str] = COMPARABLE, **kw: object
+) -> registry.Registration:
     return registry.register_version(uri, name, "modes", modes, False, comparable, 0.0, **kw)
 
 

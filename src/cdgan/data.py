@@ -80,10 +80,11 @@ def _torchvision(params: DataParams) -> Dataset:
     try:
         ds = getattr(torchvision.datasets, name)(root=str(root), train=True, download=params.download)
     except Exception as err:  # torchvision raises RuntimeError or URLError, depending on what failed
+        cls = getattr(torchvision.datasets, name)
+        folder = root / cls.base_folder if params.dataset == "cifar10" else root / name / "raw"
         raise CdganError(
             f"data.dataset={params.dataset}: could not load {name} under {root} ({err}). Without network, "
-            f"download the {name} files elsewhere and put them under {root / name}"
-            f"{'/raw' if params.dataset != 'cifar10' else ''} (or set data.root), then rerun"
+            f"download the {name} files elsewhere and put them under {folder} (or set data.root), then rerun"
         ) from None
     x = np.asarray(ds.data, dtype=np.float32)
     x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)  # (N, C, H, W)

@@ -131,6 +131,11 @@ class Paths:
         return self.models / "checkpoint.pt"
 
     @property
+    def resume(self) -> Path:
+        """In-progress checkpoints, one per (params, data) key; outside DVC's outputs so a rerun finds them."""
+        return self.root / ".cdgan" / "resume"
+
+    @property
     def metrics(self) -> Path:
         return self.root / "metrics"
 

@@ -26,8 +26,9 @@ def draw_samples(
     device = next(generator.parameters()).device
     rng = torch.Generator(device).manual_seed(seed)
     is_image = len(generator.data_shape) == 3
-    was_training = generator.training
-    generator.eval()
+    modes = [(net, net.training) for net in (generator, energy) if net is not None]
+    for net, _ in modes:
+        net.eval()  # BatchNorm and spectral-norm power iterations must not move while sampling
     chunks = []
     for start in range(0, n, batch_size):
         with torch.no_grad():
@@ -36,5 +37,6 @@ def draw_samples(
             clamp = (-1.0, 1.0) if is_image else None
             x = refine_langevin(energy, x, langevin_steps, step_size, noise, clamp, rng)
         chunks.append(x.cpu())
-    generator.train(was_training)
+    for net, was_training in modes:
+        net.train(was_training)
     return torch.cat(chunks)

@@ -6,12 +6,15 @@ The CLI, DVC (through the CLI), Prefect (through DVC) and the tests all call the
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +30,7 @@ from cdgan.models import EnergyNet, Generator, build_models
 from cdgan.params import Params, Paths
 from cdgan.pictures import save_samples_png
 from cdgan.sampler import draw_samples
-from cdgan.train import fit, init_state
+from cdgan.train import checkpoint_dict, fit, init_state, restore_state
 
 SCORE_SAMPLES = 1000  # samples behind each score during training (FID over time), raw G(z)
 LOSS_KEYS = ("loss_e", "loss_g", "e_real", "e_fake", "grad_norm_g")
@@ -97,42 +100,68 @@ def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
     write_atomic(path, write)
 
 
+def _resume_key(params: Params, dataset: Path) -> str:
+    """Same model and train params on the same prepared data: the same key, so a rerun resumes."""
+    digest = hashlib.sha256(dataset.read_bytes()).hexdigest()
+    spec = {"model": params.model.model_dump(), "train": params.train.model_dump(), "data_sha256": digest}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _load_resumable(path: Path, params: Params) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    saved = load_torch(path, "checkpoint")
+    meta = saved["meta"]
+    if meta["model"] != params.model.model_dump() or meta["train"] != params.train.model_dump():
+        raise CdganError(f"{path}: checkpoint was written with other model/train params; delete it to start fresh")
+    return saved
+
+
 def train(params: Params, paths: Paths) -> TrainResult:
     device = resolve_device(params.train.device)
     real = load_dataset(paths.dataset)
     scorer = build_scorer(params.data.dataset, real, paths.classifier)
+    resume_path = paths.resume / f"{_resume_key(params, paths.dataset)}.pt"
+    saved = _load_resumable(resume_path, params)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)  # same seed, same weights, bit for bit
     state = init_state(params.model, params.train, real.shape, device)
+    history: dict[str, list[dict[str, float]]] = {"losses": [], "scores": []}
+    if saved is not None:
+        restore_state(state, saved)
+        history = saved["meta"]["history"]
     x_data = torch.from_numpy(real.x).to(device)  # small data sets live on the device as one tensor
-    loss_rows: list[dict[str, float]] = []
-    score_rows: list[dict[str, float]] = []
-    meta = {"model": params.model.model_dump(), "train": params.train.model_dump(), "data_shape": list(real.shape)}
 
     def score(generator: Generator, energy: EnergyNet) -> dict[str, float]:
         return scorer(draw_samples(generator, energy, SCORE_SAMPLES, params.train.seed))
 
     start = time.perf_counter()
-    with tracking.tracked_run(params, paths) as run_id, _progress_bar() as progress:
-        task = progress.add_task(f"train {params.train.loss} k={params.train.cd_k}", total=params.train.steps, info="")
+    run_id = saved["meta"]["mlflow_run_id"] if saved is not None else None
+    with tracking.tracked_run(params, paths, run_id) as run_id, _progress_bar() as progress:
+        description = f"train {params.train.loss} k={params.train.cd_k}" + (
+            f" (resumed at {state.step})" if saved else ""
+        )
+        task = progress.add_task(description, total=params.train.steps, completed=state.step, info="")
+        meta = {"model": params.model.model_dump(), "train": params.train.model_dump(), "data_shape": list(real.shape),
+                "mlflow_run_id": run_id, "history": history}  # fmt: skip
 
         def log(step: int, values: dict[str, float]) -> None:
-            (loss_rows if "loss_e" in values else score_rows).append({"step": step} | values)
+            history["losses" if "loss_e" in values else "scores"].append({"step": step} | values)
             tracking.log_metrics(step, values)
             progress.update(task, completed=step, info=" ".join(f"{k}={v:.3g}" for k, v in values.items()))
 
-        fit(state, x_data, params.train, log, score, paths.checkpoint, meta)
+        fit(state, x_data, params.train, log, score, resume_path, meta)
         seconds = time.perf_counter() - start
+        save_torch(paths.checkpoint, checkpoint_dict(state, meta))
         save_torch(paths.generator, state.sampling_generator.state_dict())
         save_torch(paths.energy, state.energy.state_dict())
-        _write_csv(paths.train_plots / "losses.csv", loss_rows)
-        _write_csv(paths.train_plots / "scores.csv", score_rows)
+        for name, rows in history.items():
+            _write_csv(paths.train_plots / f"{name}.csv", rows)
+            tracking.log_artifact(paths.train_plots / f"{name}.csv", "plots")
         summary = {"mlflow_run_id": run_id, "steps": state.step, "train_seconds": round(seconds, 2)}
-        summary |= {k: loss_rows[-1][k] for k in LOSS_KEYS}
-        write_json(paths.train_metrics, summary)
+        write_json(paths.train_metrics, summary | {k: history["losses"][-1][k] for k in LOSS_KEYS})
         tracking.log_metrics(None, {"train_seconds": seconds})
-        for path in (paths.train_plots / "losses.csv", paths.train_plots / "scores.csv"):
-            tracking.log_artifact(path, "plots")
+    resume_path.unlink(missing_ok=True)  # finished: the next run with these params starts fresh
     return TrainResult(run_id, state.step, seconds)
 
 

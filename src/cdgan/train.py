@@ -71,6 +71,19 @@ def checkpoint_dict(state: TrainState, meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def restore_state(state: TrainState, saved: dict[str, Any]) -> None:
+    """Put a `checkpoint_dict` back: the loop then continues exactly as if it had never stopped."""
+    state.generator.load_state_dict(saved["generator"])
+    state.energy.load_state_dict(saved["energy"])
+    if state.ema is not None:
+        state.ema.load_state_dict(saved["ema"])
+    state.opt_g.load_state_dict(saved["opt_g"])
+    state.opt_e.load_state_dict(saved["opt_e"])
+    torch.set_rng_state(saved["rng"]["torch"])
+    state.rng.set_state(saved["rng"]["loop"])
+    state.step = saved["step"]
+
+
 def _energy_step(params: TrainParams, s: TrainState, x_data: Tensor) -> dict[str, Tensor]:
     loss = LOSSES[params.loss]
     x_real = sample_batch(x_data, params.batch_size, s.rng)
@@ -133,12 +146,15 @@ def fit(
         values |= _generator_step(params, state)
         state.step += 1
         step, is_last = state.step, state.step == params.steps
-        if step % params.log_every == 0 or is_last:
-            logged = {k: v.item() for k, v in values.items()}  # the only host sync of the loop
-            _check_finite(step, logged, params)
+        is_log = step % params.log_every == 0 or is_last
+        is_checkpoint = checkpoint_path is not None and (step % params.checkpoint_every == 0 or is_last)
+        if is_log or is_checkpoint:
+            logged = {k: v.item() for k, v in values.items()}  # the loop's only host sync
+            _check_finite(step, logged, params)  # before any checkpoint: never save a diverged state
+        if is_log:
             log(step, logged)
         if score is not None and params.eval_every and (step % params.eval_every == 0 or is_last):
             log(step, score(state.sampling_generator, state.energy))
-        if checkpoint_path is not None and (step % params.checkpoint_every == 0 or is_last):
+        if is_checkpoint:
             save_torch(checkpoint_path, checkpoint_dict(state, meta or {}))
     return state

@@ -1,0 +1,241 @@
+"""Tests for cdgan.data: embedded data sets, 2-D mixtures, torchvision and folder loading, save/load, batches."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from cdgan.data import Dataset, build_dataset, load_dataset, mode_centres, sample_batch, save_dataset
+from cdgan.errors import CdganError
+from cdgan.params import DataParams
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    return build_dataset(DataParams(dataset="digits"))
+
+
+# --- 2-D mixtures --------------------------------------------------------------------------------------------------
+
+
+def test_grid25_centres_and_std() -> None:
+    # when
+    centres, std = mode_centres("grid25")
+    # then the 25 points (i, j) for i, j in {-4, -2, 0, 2, 4}, std 0.05
+    expected = {(i, j) for i in (-4, -2, 0, 2, 4) for j in (-4, -2, 0, 2, 4)}
+    assert centres.shape == (25, 2)
+    assert {tuple(c) for c in centres.tolist()} == expected
+    assert std == 0.05
+
+
+def test_grid25_samples_lie_near_their_centres() -> None:
+    # given
+    params = DataParams(dataset="grid25", n_points=4000, seed=3)
+    centres, std = mode_centres("grid25")
+    # when
+    ds = build_dataset(params)
+    # then each sample sits around the centre its label names, with the documented spread
+    assert ds.x.shape == (4000, 2) and ds.x.dtype == np.float32
+    offsets = ds.x - centres[ds.y]
+    assert np.abs(offsets).max() < 6 * std, "a sample is far from its labelled centre"
+    assert offsets.std() == pytest.approx(std, rel=0.05)
+    assert len(np.unique(ds.y)) == 25 and ds.n_classes == 25
+
+
+def test_ring8_has_eight_centres_on_a_circle() -> None:
+    centres, std = mode_centres("ring8")
+    ds = build_dataset(DataParams(dataset="ring8", n_points=500))
+    assert centres.shape == (8, 2)
+    radii = np.linalg.norm(centres, axis=1)
+    np.testing.assert_allclose(radii, radii[0])
+    assert len(np.unique(np.round(centres, 6), axis=0)) == 8
+    assert np.abs(ds.x - centres[ds.y]).max() < 6 * std
+
+
+def test_mixture_is_seeded() -> None:
+    a = build_dataset(DataParams(dataset="grid25", n_points=100, seed=1))
+    b = build_dataset(DataParams(dataset="grid25", n_points=100, seed=1))
+    c = build_dataset(DataParams(dataset="grid25", n_points=100, seed=2))
+    assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y)
+    assert not np.array_equal(a.x, c.x)
+
+
+def test_mode_centres_of_image_data_is_an_error() -> None:
+    with pytest.raises(CdganError, match="grid25 or ring8"):
+        mode_centres("digits")
+
+
+# --- embedded images -----------------------------------------------------------------------------------------------
+
+
+def test_digits_shape_range_and_labels(digits: Dataset) -> None:
+    assert digits.x.shape == (1797, 1, 8, 8) and digits.x.dtype == np.float32
+    assert digits.x.min() == -1.0 and digits.x.max() == 1.0, "digits should span [-1, 1] exactly"
+    assert digits.y.dtype == np.int64 and set(np.unique(digits.y)) == set(range(10))
+    assert digits.shape == (1, 8, 8) and digits.n_classes == 10
+
+
+def test_stacked_digits_has_three_channels_and_1000_modes(digits: Dataset) -> None:
+    # when
+    ds = build_dataset(DataParams(dataset="stacked-digits"))
+    # then
+    assert ds.x.ndim == 4 and ds.x.shape[1:] == (3, 8, 8)
+    assert ds.y.min() >= 0 and ds.y.max() <= 999
+    assert len(np.unique(ds.y)) > 990, "20,000 draws of 1000 equally likely modes should hit almost all"
+    assert ds.x.min() >= -1.0 and ds.x.max() <= 1.0
+    # and each channel is a real digit whose class is the matching decimal digit of the label
+    first = ds.x[0]
+    hundreds, tens, units = ds.y[0] // 100, ds.y[0] // 10 % 10, ds.y[0] % 10
+    for channel, digit in enumerate((hundreds, tens, units)):
+        matches = np.all(digits.x[:, 0] == first[channel], axis=(1, 2))
+        assert matches.any(), f"channel {channel} is not one of the embedded digits"
+        assert digit in set(digits.y[matches]), f"channel {channel} does not show digit {digit}"
+
+
+def test_digits_resized_to_16(digits: Dataset) -> None:
+    ds = build_dataset(DataParams(dataset="digits", image_size=16))
+    assert ds.x.shape == (1797, 1, 16, 16) and ds.x.dtype == np.float32
+    assert ds.x.min() >= -1.0 and ds.x.max() <= 1.0
+    np.testing.assert_array_equal(ds.y, digits.y)
+
+
+# --- torchvision without network -----------------------------------------------------------------------------------
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """The IDX format of the MNIST files: magic (0, 0, 0x08 = ubyte, ndim), big-endian sizes, raw bytes."""
+    path.write_bytes(bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
+
+
+def test_mnist_without_download_and_empty_root_says_where_to_put_files(tmp_path: Path) -> None:
+    # given an empty root and no download (never touches the network)
+    params = DataParams(dataset="mnist", root=str(tmp_path), download=False)
+    # when / then
+    with pytest.raises(CdganError) as err:
+        build_dataset(params)
+    message = str(err.value)
+    assert str(tmp_path / "MNIST" / "raw") in message, f"no place for the files in: {message}"
+    assert "data.root" in message
+    assert not any(tmp_path.iterdir()), "a failed load should write nothing under root"
+
+
+def test_mnist_files_put_where_the_error_says_are_loaded(tmp_path: Path) -> None:
+    # given the four MNIST files (tiny: 5 images of 8x8) in the folder the error message names
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = np.arange(5 * 64, dtype=np.uint8).reshape(5, 8, 8)
+    labels = np.array([3, 1, 4, 1, 5], dtype=np.uint8)
+    for split in ("train", "t10k"):
+        _write_idx(raw / f"{split}-images-idx3-ubyte", images)
+        _write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
+    # when
+    ds = build_dataset(DataParams(dataset="mnist", root=str(tmp_path), download=False))
+    # then
+    assert ds.x.shape == (5, 1, 8, 8)
+    np.testing.assert_allclose(ds.x[:, 0], images / 127.5 - 1.0, atol=1e-6)
+    np.testing.assert_array_equal(ds.y, labels)
+
+
+def test_cifar10_error_names_the_folder_torchvision_reads(tmp_path: Path) -> None:
+    # given
+    params = DataParams(dataset="cifar10", root=str(tmp_path), download=False)
+    # when / then: torchvision looks for <root>/cifar-10-batches-py
+    with pytest.raises(CdganError) as err:
+        build_dataset(params)
+    expected = tmp_path / torchvision.datasets.CIFAR10.base_folder
+    assert str(expected) in str(err.value), f"error should tell the user to put files under {expected}: {err.value}"
+
+
+# --- image folder --------------------------------------------------------------------------------------------------
+
+
+def _image_folder(root: Path) -> Path:
+    """Two classes: 3 black 10x10 images in `a`, 2 white 12x12 images in `b`."""
+    for name, colour, side, n in (("a", (0, 0, 0), 10, 3), ("b", (255, 255, 255), 12, 2)):
+        (root / name).mkdir(parents=True)
+        for index in range(n):
+            Image.new("RGB", (side, side), colour).save(root / name / f"{index}.png")
+    return root
+
+
+@pytest.mark.parametrize("side", [8, 16])
+def test_folder_dataset_shape_labels_and_range(tmp_path: Path, side: int) -> None:
+    # given
+    root = _image_folder(tmp_path / "images")
+    # when
+    ds = build_dataset(DataParams(dataset="folder", root=str(root), image_size=side))
+    # then
+    assert ds.x.shape == (5, 3, side, side) and ds.x.dtype == np.float32
+    np.testing.assert_array_equal(ds.y, [0, 0, 0, 1, 1])
+    np.testing.assert_allclose(ds.x[ds.y == 0], -1.0, err_msg="black pixels should map to -1")
+    np.testing.assert_allclose(ds.x[ds.y == 1], 1.0, err_msg="white pixels should map to 1")
+
+
+def test_folder_missing_raises(tmp_path: Path) -> None:
+    with pytest.raises(CdganError, match="not a directory") as err:
+        build_dataset(DataParams(dataset="folder", root=str(tmp_path / "missing")))
+    assert str(tmp_path / "missing") in str(err.value)
+
+
+def test_folder_without_class_subfolders_raises(tmp_path: Path) -> None:
+    with pytest.raises(CdganError, match="class subfolders"):
+        build_dataset(DataParams(dataset="folder", root=str(tmp_path)))
+
+
+# --- save / load ---------------------------------------------------------------------------------------------------
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    # given
+    ds = build_dataset(DataParams(dataset="grid25", n_points=50))
+    path = tmp_path / "prepared" / "dataset.npz"
+    # when
+    save_dataset(path, ds)
+    loaded = load_dataset(path)
+    # then
+    assert np.array_equal(loaded.x, ds.x) and loaded.x.dtype == ds.x.dtype
+    assert np.array_equal(loaded.y, ds.y) and loaded.y.dtype == ds.y.dtype
+    assert [p.name for p in path.parent.iterdir()] == ["dataset.npz"], "temp files left behind"
+
+
+def test_load_missing_dataset_raises(tmp_path: Path) -> None:
+    with pytest.raises(CdganError, match="prepare") as err:
+        load_dataset(tmp_path / "dataset.npz")
+    assert str(tmp_path / "dataset.npz") in str(err.value)
+
+
+@pytest.mark.parametrize("content", [b"not a zip file", b""])
+def test_load_corrupt_dataset_raises(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "dataset.npz"
+    path.write_bytes(content)
+    with pytest.raises(CdganError, match="corrupt"):
+        load_dataset(path)
+
+
+def test_load_dataset_without_labels_raises(tmp_path: Path) -> None:
+    path = tmp_path / "dataset.npz"
+    with path.open("wb") as f:
+        np.savez(f, x=np.zeros((2, 2), np.float32))
+    with pytest.raises(CdganError, match="corrupt"):
+        load_dataset(path)
+
+
+# --- batches -------------------------------------------------------------------------------------------------------
+
+
+def test_sample_batch_draws_rows_of_the_data_reproducibly() -> None:
+    # given rows that identify themselves
+    x = torch.arange(20.0).view(10, 2)
+    # when
+    a = sample_batch(x, 6, torch.Generator().manual_seed(0))
+    b = sample_batch(x, 6, torch.Generator().manual_seed(0))
+    # then
+    assert a.shape == (6, 2)
+    assert torch.equal(a, b)
+    assert all(row in x.tolist() for row in a.tolist())

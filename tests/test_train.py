@@ -1,0 +1,225 @@
+"""Tests for cdgan.train: a short fit per loss, determinism, logging, divergence, checkpoints, EMA."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+
+from cdgan.data import build_dataset
+from cdgan.errors import CdganError
+from cdgan.files import load_torch
+from cdgan.losses import LOSSES
+from cdgan.params import DataParams, ModelParams, TrainParams
+from cdgan.train import TrainState, checkpoint_dict, fit, init_state, restore_state
+
+MODEL = ModelParams(z_dim=4, hidden=8, channels=4)
+CPU = torch.device("cpu")
+LOG_KEYS = {"loss_e", "loss_g", "e_real", "e_fake", "grad_norm_g"}  # stages.LOSS_KEYS: the CSV and MLflow columns
+
+
+def _train(**overrides: object) -> TrainParams:
+    base = {"steps": 3, "batch_size": 8, "log_every": 1, "cd_k": 2, "device": "cpu"}
+    return TrainParams(**(base | overrides))
+
+
+def _points() -> Tensor:
+    return torch.from_numpy(build_dataset(DataParams(dataset="grid25", n_points=200)).x)
+
+
+def _images() -> Tensor:
+    return torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1  # digits-sized, in [-1, 1]
+
+
+def _state(train: TrainParams, x: Tensor) -> TrainState:
+    return init_state(MODEL, train, tuple(x.shape[1:]), CPU)
+
+
+def _snapshot(net: torch.nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def _no_log(step: int, values: dict[str, float]) -> None:
+    pass
+
+
+@pytest.fixture
+def deterministic() -> Iterator[None]:
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(was)
+
+
+@pytest.mark.parametrize("data", ["points", "images"])
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_fit_trains_every_loss(loss: str, data: str) -> None:
+    # given
+    x = _points() if data == "points" else _images()
+    params = _train(loss=loss)
+    state = _state(params, x)
+    before_g, before_e = _snapshot(state.generator), _snapshot(state.energy)
+    logged: list[dict[str, float]] = []
+    # when
+    fit(state, x, params, lambda step, values: logged.append(values))
+    # then both networks moved and every logged value is finite
+    assert state.step == params.steps
+    after_g, after_e = state.generator.state_dict(), state.energy.state_dict()
+    assert any(not torch.equal(before_g[k], after_g[k]) for k in before_g), f"{loss}: generator did not change"
+    assert any(not torch.equal(before_e[k], after_e[k]) for k in before_e), f"{loss}: energy net did not change"
+    assert all(torch.isfinite(torch.tensor(list(v.values()))).all() for v in logged), f"{loss}: {logged}"
+
+
+def test_same_seed_gives_bitwise_equal_weights(deterministic: None) -> None:
+    # given two runs from the same params
+    params = _train(loss="cd", steps=4)
+    x = _images()
+    # when
+    a = fit(_state(params, x), x, params, _no_log)
+    b = fit(_state(params, x), x, params, _no_log)
+    c_params = params.model_copy(update={"seed": 1})
+    c = fit(_state(c_params, x), x, c_params, _no_log)
+    # then
+    for net in ("generator", "energy"):
+        sa, sb, sc = (getattr(s, net).state_dict() for s in (a, b, c))
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), f"{net}: same seed, different weights"
+        assert any(not torch.equal(sa[k], sc[k]) for k in sa), f"{net}: different seeds, same weights"
+
+
+def test_log_is_called_every_log_every_steps_with_documented_keys() -> None:
+    # given
+    params = _train(steps=7, log_every=3)
+    x = _points()
+    calls: list[tuple[int, dict[str, float]]] = []
+    # when
+    fit(_state(params, x), x, params, lambda step, values: calls.append((step, values)))
+    # then: every log_every steps plus the last step, with plain floats under the documented keys
+    assert [step for step, _ in calls] == [3, 6, 7]
+    for step, values in calls:
+        assert set(values) == LOG_KEYS, f"step {step}: {sorted(values)}"
+        assert all(type(v) is float for v in values.values()), f"step {step}: {values}"
+
+
+def test_score_is_logged_every_eval_every_steps() -> None:
+    # given
+    params = _train(steps=4, log_every=10, eval_every=2)
+    x = _points()
+    calls: list[tuple[int, dict[str, float]]] = []
+    # when
+    fit(_state(params, x), x, params, lambda s, v: calls.append((s, v)), score=lambda g, e: {"modes": 1.0})
+    # then
+    assert [s for s, v in calls if "modes" in v] == [2, 4]
+
+
+def test_n_critic_steps_the_energy_net_n_times_per_generator_step() -> None:
+    # given
+    params = _train(steps=3, n_critic=2)
+    x = _points()
+    # when
+    state = fit(_state(params, x), x, params, _no_log)
+    # then Adam counted 6 energy-net steps and 3 generator steps
+    e_steps = {int(s["step"]) for s in state.opt_e.state_dict()["state"].values()}
+    g_steps = {int(s["step"]) for s in state.opt_g.state_dict()["state"].values()}
+    assert e_steps == {6} and g_steps == {3}
+
+
+def test_nan_in_data_stops_with_error_naming_the_step() -> None:
+    # given data with a NaN in every row
+    x = _points()
+    x[:, 0] = float("nan")
+    params = _train(steps=10, log_every=2)
+    logged: list[int] = []
+    # when / then
+    with pytest.raises(CdganError, match="diverged at step 2") as err:
+        fit(_state(params, x), x, params, lambda step, values: logged.append(step))
+    assert "train.lr" in str(err.value), "the message should name the params to change"
+    assert logged == [], "diverged values must not be logged"
+
+
+def test_huge_learning_rate_stops_with_error() -> None:
+    # given a learning rate that blows up the energies
+    params = _train(loss="cd", lr=1e6, steps=20, log_every=1, energy_reg=0.0)
+    x = _points()
+    # when / then
+    with pytest.raises(CdganError, match=r"diverged at step \d+"):
+        fit(_state(params, x), x, params, _no_log)
+
+
+def test_diverged_run_never_leaves_a_non_finite_checkpoint(tmp_path: Path) -> None:
+    # given NaN data, a checkpoint every step and the finiteness check only every 4 steps
+    x = _points()
+    x[:, 0] = float("nan")
+    params = _train(steps=10, log_every=4, checkpoint_every=1)
+    path = tmp_path / "checkpoint.pt"
+    # when
+    with pytest.raises(CdganError, match="diverged"):
+        fit(_state(params, x), x, params, _no_log, checkpoint_path=path)
+    # then whatever checkpoint is on disk can be resumed from: no NaN weights
+    if path.exists():
+        saved = load_torch(path, "checkpoint")
+        bad = [k for k, v in saved["energy"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        assert not bad, f"checkpoint of step {saved['step']} holds non-finite energy weights {bad}"
+
+
+def test_checkpoint_holds_everything_to_resume(tmp_path: Path) -> None:
+    # given
+    params = _train(steps=4, checkpoint_every=2)
+    x = _points()
+    path = tmp_path / "models" / "checkpoint.pt"
+    # when
+    state = fit(_state(params, x), x, params, _no_log, checkpoint_path=path, meta={"loss": "cd"})
+    saved = load_torch(path, "checkpoint")  # weights_only: the checkpoint holds no arbitrary objects
+    # then
+    assert {"generator", "energy", "opt_g", "opt_e", "rng", "step", "meta"} <= set(saved)
+    assert saved["step"] == 4 and saved["meta"] == {"loss": "cd"}
+    for key, value in state.generator.state_dict().items():
+        assert torch.equal(saved["generator"][key], value), key
+    assert torch.equal(saved["rng"]["loop"], state.rng.get_state())
+
+
+def test_resume_from_checkpoint_is_bitwise(tmp_path: Path, deterministic: None) -> None:
+    # given one run of 4 steps, and one of 2 steps checkpointed
+    full = _train(steps=4, loss="wgan-gp")
+    half = full.model_copy(update={"steps": 2})
+    x = _points()
+    straight = fit(_state(full, x), x, full, _no_log)
+    fit(_state(half, x), x, half, _no_log, checkpoint_path=tmp_path / "checkpoint.pt")
+    # when a fresh state is restored from the checkpoint and trained on to step 4
+    saved = load_torch(tmp_path / "checkpoint.pt")
+    resumed = _state(full, x)
+    restore_state(resumed, saved)
+    assert resumed.step == 2
+    fit(resumed, x, full, _no_log)
+    # then it matches the uninterrupted run bit for bit
+    for net in ("generator", "energy", "sampling_generator"):
+        a, b = getattr(straight, net).state_dict(), getattr(resumed, net).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{net} differs after resume"
+
+
+def test_ema_generator_differs_from_raw_generator() -> None:
+    # given
+    params = _train(steps=4, ema=0.9)
+    x = _points()
+    # when
+    state = fit(_state(params, x), x, params, _no_log)
+    # then the sampling generator is the EMA copy, with different weights
+    assert state.sampling_generator is not state.generator
+    raw, ema = state.generator.state_dict(), state.sampling_generator.state_dict()
+    assert raw.keys() == ema.keys()
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw), "EMA weights equal the raw weights"
+
+
+def test_without_ema_the_raw_generator_samples() -> None:
+    params = _train(steps=1, ema=0.0)
+    x = _points()
+    state = fit(_state(params, x), x, params, _no_log)
+    assert state.ema is None and state.sampling_generator is state.generator
+
+
+def test_checkpoint_dict_without_ema() -> None:
+    params = _train(ema=0.0)
+    state = _state(params, _points())
+    assert checkpoint_dict(state, {})["ema"] is None
