@@ -94,5 +94,5 @@ def test_loading_a_missing_model_is_a_clear_error(mlflow_uri: str, tmp_path: Pat
     from cdgan.errors import CdganError
 
     mlflow.set_tracking_uri(mlflow_uri)
-    with pytest.raises(CdganError, match="models:/absent-model@champion.*dvc repro"):
+    with pytest.raises(CdganError, match=r"models:/absent-model@champion.*dvc repro"):
         registry.load_sampler("models:/absent-model@champion")

@@ -85,5 +85,5 @@ def test_device_auto_is_cuda_when_present_and_cuda_without_gpu_is_refused() -> N
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
-        with pytest.raises(CdganError, match="train.device=cuda"):
+        with pytest.raises(CdganError, match=r"train\.device=cuda"):
             resolve_device("cuda")
