@@ -71,11 +71,16 @@ class TrainParams(_Section):
     seed: int = 0
 
 
-class EvaluateParams(_Section):
-    n_samples: int = Field(2000, gt=0)
-    langevin_steps: int = Field(0, ge=0)  # refinement of G(z) on E before scoring; 0 = raw G(z)
+class SampleParams(_Section):
+    """The model's output: G(z) refined by Langevin steps on E (evaluate, `cdgan sample`, the registered model)."""
+
+    langevin_steps: int = Field(0, ge=0)  # 0 = raw G(z)
     step_size: float = Field(0.01, gt=0)
     noise: float = Field(0.0, ge=0)
+
+
+class EvaluateParams(_Section):
+    n_samples: int = Field(2000, gt=0)
     seed: int = 0
 
 
@@ -92,6 +97,7 @@ with warnings.catch_warnings():
         data: DataParams = DataParams()
         model: ModelParams = ModelParams()
         train: TrainParams = TrainParams()
+        sample: SampleParams = SampleParams()
         evaluate: EvaluateParams = EvaluateParams()
         register: RegisterParams = RegisterParams()
 
@@ -174,7 +180,7 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     except yaml.YAMLError as err:
         raise CdganError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(raw, dict):
-        raise CdganError(f"{path}: expected a mapping of sections (data, model, train, evaluate, register)")
+        raise CdganError(f"{path}: expected a mapping of sections (data, model, train, sample, evaluate, register)")
     return parse_params(raw, source=str(path))
 
 

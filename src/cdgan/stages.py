@@ -192,12 +192,12 @@ def evaluate(params: Params, paths: Paths) -> EvaluateResult:
     generator, energy = _load_trained(params, paths, real.shape)
     ev = params.evaluate
     x_raw = draw_samples(generator, energy, ev.n_samples, ev.seed)
-    x_out = draw_samples(generator, energy, ev.n_samples, ev.seed, ev.langevin_steps, ev.step_size, ev.noise)
+    x_out = draw_samples(generator, energy, ev.n_samples, ev.seed, **params.sample.model_dump())
     metrics = scorer(x_out) | {f"{k}_raw": v for k, v in scorer(x_raw).items()}
     if params.data.is_image:
         metrics["classifier_accuracy"] = load_reference(paths.classifier).accuracy
     centres = None if params.data.is_image else mode_centres(params.data.dataset)[0]
-    title = f"{params.train.loss} k={params.train.cd_k}, {ev.langevin_steps} Langevin steps"
+    title = f"{params.train.loss} k={params.train.cd_k}, {params.sample.langevin_steps} Langevin steps"
     png = save_samples_png(paths.eval_plots / "samples.png", x_out[:2500], centres, title)
     with tracking.tracked_run(params, paths, run_id):
         tracking.log_metrics(None, metrics)
@@ -213,8 +213,7 @@ def register(params: Params, paths: Paths, force: bool = False) -> RegisterResul
     metric, lower_is_better = primary_metric(params.data.is_image)
     real_shape = load_dataset(paths.dataset).shape
     generator, energy = _load_trained(params, paths, real_shape)
-    ev = params.evaluate
-    sampling = {"langevin_steps": ev.langevin_steps, "step_size": ev.step_size, "noise": ev.noise}
+    sampling = params.sample.model_dump()
     comparable = {"dataset": evaluation["dataset"], "feature_extractor": evaluation["feature_extractor"]}
     with tempfile.TemporaryDirectory() as tmp, tracking.tracked_run(params, paths, run_id):
         bundle = registry.save_bundle(
@@ -247,8 +246,7 @@ def sample(
         raise CdganError(f"--n must be > 0 (got {n})")
     if generator_path is not None:
         generator, energy = _load_trained(params, paths, load_dataset(paths.dataset).shape, generator_path)
-        ev = params.evaluate
-        x = draw_samples(generator, energy, n, seed, ev.langevin_steps, ev.step_size, ev.noise).numpy()
+        x = draw_samples(generator, energy, n, seed, **params.sample.model_dump()).numpy()
     else:
         tracking.connect(paths)
         uri = model_uri or f"models:/{params.register.model_name}@{registry.CHAMPION}"
