@@ -266,3 +266,17 @@ def test_langevin_respects_clamp() -> None:
     # then every value stays in the box, and the pull toward 5 drives values to the upper bound
     assert out.min().item() >= -1.0 and out.max().item() <= 1.0
     assert (out == 1.0).float().mean().item() > 0.5
+
+
+def test_langevin_gradient_clip_bounds_each_move() -> None:
+    # given E(x) = 100 * sum(x): dE/dx = 100 everywhere
+    x = torch.zeros(4, 2)
+    moved = refine_langevin(lambda x: 100 * x.sum(1), x, k=1, step_size=0.1, noise=0.0, grad_clip=0.5)
+    torch.testing.assert_close(moved, torch.full((4, 2), -0.05))
+
+
+def test_real_gradient_penalty_is_squared_gradient_norm() -> None:
+    from cdgan.losses import real_gradient_penalty
+
+    w = torch.tensor([3.0, 4.0])  # E(x) = w.x: |dE/dx|^2 = 25
+    assert real_gradient_penalty(lambda x: x @ w, torch.randn(8, 2)).item() == pytest.approx(25.0)

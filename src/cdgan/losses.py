@@ -23,6 +23,7 @@ def refine_langevin(
     noise: float,
     clamp: tuple[float, float] | None = None,
     generator: torch.Generator | None = None,
+    grad_clip: float = 0.0,
 ) -> Tensor:
     """x_k after k steps of x <- x - step_size * dE/dx + noise * eps, detached from every graph.
 
@@ -32,6 +33,8 @@ def refine_langevin(
     for _ in range(k):
         x.requires_grad_(True)
         (grad,) = torch.autograd.grad(energy(x).sum(), x)
+        if grad_clip > 0:
+            grad = grad.clamp(-grad_clip, grad_clip)
         x = x.detach() - step_size * grad
         if noise > 0:
             x = x + noise * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -82,6 +85,13 @@ def gradient_penalty(energy: EnergyFn, x_real: Tensor, x_fake: Tensor, generator
     x_hat = (alpha * x_real + (1 - alpha) * x_fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(energy(x_hat).sum(), x_hat, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).square().mean()
+
+
+def real_gradient_penalty(energy: EnergyFn, x_real: Tensor) -> Tensor:
+    """R1 (Mescheder et al. 2018): mean |dE/dx|^2 on real data, keeping the energy smooth where data lies."""
+    x = x_real.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(energy(x).sum(), x, create_graph=True)
+    return grad.flatten(1).square().sum(1).mean()
 
 
 class Loss(NamedTuple):

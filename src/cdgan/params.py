@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cdgan.errors import CdganError
 
@@ -55,12 +55,18 @@ class TrainParams(_Section):
     cd_k: int = Field(0, ge=0)  # Langevin steps from G(z); 0 = plain energy gap
     langevin_step_size: float = Field(0.01, gt=0)  # x <- x - step_size * dE/dx + noise * eps
     langevin_noise: float = Field(0.005, ge=0)
-    energy_reg: float = Field(0.1, ge=0)  # L2 penalty on energy magnitudes
+    langevin_grad_clip: float = Field(0.0, ge=0)  # clip dE/dx elementwise in the chain (IGEBM); 0 = off
+    replay_size: int = Field(0, ge=0)  # buffer of past chain samples (IGEBM); 0 = off
+    replay_frac: float = Field(0.0, ge=0, le=1)  # share of chains started from the buffer instead of G(z)
+    energy_reg: float = Field(0.1, ge=0)  # L2 penalty on energy magnitudes (cd)
+    real_gp: float = Field(0.0, ge=0)  # gradient penalty |dE/dx|^2 on real data (R1); 0 = off
     gp_weight: float = Field(10.0, ge=0)  # gradient penalty weight for wgan-gp
+    generator_objective: Literal["energy", "cooperative"] = "energy"  # lower E(G(z)), or regress G(z) onto x_k
     steps: int = Field(2000, gt=0)  # generator steps
     n_critic: int = Field(1, ge=1)  # energy-net steps per generator step
     batch_size: int = Field(64, gt=0)
-    lr: float = Field(2e-4, gt=0)
+    lr: float = Field(2e-4, gt=0)  # generator, and energy net unless lr_e is set
+    lr_e: float | None = Field(None, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     ema: float = Field(0.999, ge=0, lt=1)  # generator EMA decay; 0 disables it
@@ -69,6 +75,12 @@ class TrainParams(_Section):
     checkpoint_every: int = Field(500, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _cooperative_needs_a_chain(self) -> TrainParams:
+        if self.generator_objective == "cooperative" and (self.loss != "cd" or self.cd_k == 0):
+            raise ValueError("generator_objective=cooperative needs loss=cd and cd_k > 0 (G regresses onto x_k)")
+        return self
 
 
 class SampleParams(_Section):

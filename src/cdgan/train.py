@@ -14,7 +14,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from cdgan.data import sample_batch
 from cdgan.errors import CdganError
 from cdgan.files import save_torch
-from cdgan.losses import LOSSES, energy_magnitude, gradient_penalty, refine_langevin
+from cdgan.losses import LOSSES, energy_magnitude, gradient_penalty, real_gradient_penalty, refine_langevin
 from cdgan.models import EnergyNet, Generator, build_models
 from cdgan.params import ModelParams, TrainParams
 
@@ -31,6 +31,8 @@ class TrainState:
     opt_g: torch.optim.Optimizer
     opt_e: torch.optim.Optimizer
     rng: torch.Generator  # batches, latents, chain noise
+    replay: Tensor | None = None  # (replay_size, *data_shape) past chain samples, filled as a ring
+    replay_count: int = 0  # chain samples pushed so far
     step: int = 0
 
     @property
@@ -52,8 +54,9 @@ def init_state(model: ModelParams, train: TrainParams, data_shape: tuple[int, ..
         energy,
         ema,
         torch.optim.Adam(generator.parameters(), lr=train.lr, betas=betas),
-        torch.optim.Adam(energy.parameters(), lr=train.lr, betas=betas),
+        torch.optim.Adam(energy.parameters(), lr=train.lr_e or train.lr, betas=betas),
         torch.Generator(device).manual_seed(train.seed),
+        torch.zeros(train.replay_size, *data_shape, device=device) if train.replay_size else None,
     )
 
 
@@ -66,6 +69,7 @@ def checkpoint_dict(state: TrainState, meta: dict[str, Any]) -> dict[str, Any]:
         "opt_g": state.opt_g.state_dict(),
         "opt_e": state.opt_e.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "loop": state.rng.get_state()},
+        "replay": {"buffer": state.replay, "count": state.replay_count},
         "step": state.step,
         "meta": meta,
     }
@@ -81,7 +85,41 @@ def restore_state(state: TrainState, saved: dict[str, Any]) -> None:
     state.opt_e.load_state_dict(saved["opt_e"])
     torch.set_rng_state(saved["rng"]["torch"])
     state.rng.set_state(saved["rng"]["loop"])
+    state.replay, state.replay_count = saved["replay"]["buffer"], saved["replay"]["count"]
     state.step = saved["step"]
+
+
+def _refine(params: TrainParams, s: TrainState, x: Tensor) -> Tensor:
+    """x_k: `cd_k` Langevin steps on E from x (images stay in [-1, 1])."""
+    clamp = (-1.0, 1.0) if x.dim() == 4 else None
+    return refine_langevin(
+        s.energy,
+        x,
+        params.cd_k,
+        params.langevin_step_size,
+        params.langevin_noise,
+        clamp,
+        s.rng,
+        params.langevin_grad_clip,
+    )
+
+
+def _chain_starts(params: TrainParams, s: TrainState, x_gen: Tensor) -> Tensor:
+    """G(z), with a `replay_frac` share swapped for past chain samples once the buffer holds a batch."""
+    n_replay = round(params.replay_frac * len(x_gen)) if s.replay is not None else 0
+    filled = min(s.replay_count, params.replay_size)
+    if n_replay == 0 or filled < len(x_gen):
+        return x_gen
+    index = torch.randint(filled, (n_replay,), generator=s.rng, device=x_gen.device)
+    return torch.cat([x_gen[n_replay:], s.replay[index]])
+
+
+def _push_replay(params: TrainParams, s: TrainState, x_k: Tensor) -> None:
+    if s.replay is None:
+        return
+    slots = (s.replay_count + torch.arange(len(x_k), device=x_k.device)) % params.replay_size
+    s.replay[slots] = x_k
+    s.replay_count += len(x_k)
 
 
 def _energy_step(params: TrainParams, s: TrainState, x_data: Tensor) -> dict[str, Tensor]:
@@ -89,17 +127,17 @@ def _energy_step(params: TrainParams, s: TrainState, x_data: Tensor) -> dict[str
     x_real = sample_batch(x_data, params.batch_size, s.rng)
     with torch.no_grad():
         x_fake = s.generator(s.generator.sample_z(params.batch_size, s.rng))
-    if params.loss == "cd":  # CD_k: the negative samples are G(z) after k Langevin steps on E
-        clamp = (-1.0, 1.0) if x_data.dim() == 4 else None
-        x_fake = refine_langevin(
-            s.energy, x_fake, params.cd_k, params.langevin_step_size, params.langevin_noise, clamp, s.rng
-        )
+    if params.loss == "cd":  # CD_k: the negative samples are G(z) (or replayed samples) after k Langevin steps on E
+        x_fake = _refine(params, s, _chain_starts(params, s, x_fake))
+        _push_replay(params, s, x_fake)
     e_real, e_fake = s.energy(x_real), s.energy(x_fake)
     loss_e = loss.energy(e_real, e_fake)
     if loss.is_unbounded:
         loss_e = loss_e + params.energy_reg * energy_magnitude(e_real, e_fake)
     if loss.has_gradient_penalty:
         loss_e = loss_e + params.gp_weight * gradient_penalty(s.energy, x_real, x_fake, s.rng)
+    if params.real_gp:
+        loss_e = loss_e + params.real_gp * real_gradient_penalty(s.energy, x_real)
     s.opt_e.zero_grad(set_to_none=True)
     loss_e.backward()
     s.opt_e.step()
@@ -107,8 +145,11 @@ def _energy_step(params: TrainParams, s: TrainState, x_data: Tensor) -> dict[str
 
 
 def _generator_step(params: TrainParams, s: TrainState) -> dict[str, Tensor]:
-    e_gen = s.energy(s.generator(s.generator.sample_z(params.batch_size, s.rng)))
-    loss_g = LOSSES[params.loss].generator(e_gen)
+    x_gen = s.generator(s.generator.sample_z(params.batch_size, s.rng))
+    if params.generator_objective == "cooperative":  # CoopNets: G regresses onto its own Langevin revision
+        loss_g = (x_gen - _refine(params, s, x_gen)).square().flatten(1).sum(1).mean()
+    else:
+        loss_g = LOSSES[params.loss].generator(s.energy(x_gen))
     s.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     grad_norm_g = nn.utils.clip_grad_norm_(s.generator.parameters(), float("inf"))  # measures, clips nothing
