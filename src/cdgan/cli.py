@@ -76,6 +76,19 @@ def sample(
     console.print(f"wrote {n} samples to {path}")
 
 
+@app.command()
+def probe(
+    losses: Annotated[str, typer.Option(help="comma-separated losses to probe")] = "cd,bce,lsgan,hinge,wgan-gp",
+    critic_steps: Annotated[str, typer.Option(help="comma-separated energy-net step counts")] = "0,10,50,200,500",
+    out: Annotated[Path, typer.Option(help="folder for gradient_probe.csv and .png")] = Path("reports"),
+    params: ParamsOption = PARAMS_FILE,
+) -> None:
+    """Vanishing-gradient probe: generator gradient norm per loss as E trains against a frozen G."""
+    steps = [int(s) for s in critic_steps.split(",") if s.strip()]
+    result = stages.probe(load_params(params), Paths(), [s.strip() for s in losses.split(",")], steps, out)
+    console.print(f"wrote {result.csv} and {result.png}")
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="cdgan", standalone_mode=False)

@@ -24,12 +24,38 @@ def save_samples_png(path: Path, x: Tensor, centres: np.ndarray | None = None, t
     return write_atomic(path, lambda tmp: _scatter(tmp, x.numpy(), centres, title))
 
 
-def _scatter(path: Path, points: np.ndarray, centres: np.ndarray | None, title: str) -> None:
+def save_curves_png(path: Path, rows: list[dict], x: str, y: str, group: str, title: str, log_y: bool = False) -> Path:
+    """One line per value of `group`: y over x (e.g. generator gradient norm over critic steps, per loss)."""
+
+    def draw(tmp: Path) -> None:
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        for name in dict.fromkeys(row[group] for row in rows):
+            points = [(row[x], row[y]) for row in rows if row[group] == name]
+            ax.plot(*zip(*points, strict=True), marker="o", label=str(name))
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+        plt.close(fig)
+
+    return write_atomic(path, draw)
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers and CI
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _scatter(path: Path, points: np.ndarray, centres: np.ndarray | None, title: str) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.4, label="samples")
     if centres is not None:

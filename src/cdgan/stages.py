@@ -26,9 +26,11 @@ from cdgan.data import build_dataset, load_dataset, mode_centres, save_dataset
 from cdgan.errors import CdganError
 from cdgan.evaluation import FEATURE_EXTRACTOR, build_scorer, load_reference, primary_metric, save_reference
 from cdgan.files import load_torch, read_json, save_torch, write_atomic, write_json
+from cdgan.losses import LOSSES
 from cdgan.models import EnergyNet, Generator, build_models
 from cdgan.params import Params, Paths
-from cdgan.pictures import save_samples_png
+from cdgan.pictures import save_curves_png, save_samples_png
+from cdgan.probe import gradient_probe
 from cdgan.sampler import draw_samples
 from cdgan.train import checkpoint_dict, fit, init_state, restore_state
 
@@ -93,7 +95,8 @@ def prepare(params: Params, paths: Paths) -> PrepareResult:
 def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["step"])
+            fields = list(dict.fromkeys(key for row in rows for key in row)) or ["step"]
+            writer = csv.DictWriter(f, fieldnames=fields, restval="")  # rows may miss keys (probe at step 0)
             writer.writeheader()
             writer.writerows(rows)
 
@@ -257,3 +260,30 @@ def sample(
             np.save(f, x)
 
     return write_atomic(out, write)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    csv: Path
+    png: Path
+    rows: list[dict[str, float | str]]
+
+
+def probe(params: Params, paths: Paths, losses: list[str], critic_steps: list[int], out_dir: Path) -> ProbeResult:
+    """The vanishing-gradient probe on the prepared data: generator gradient norm per loss as the
+    energy net trains against a frozen generator; writes <out_dir>/gradient_probe.{csv,png}."""
+    unknown = sorted(set(losses) - set(LOSSES))
+    if unknown or not losses:
+        raise CdganError(f"--losses {','.join(unknown) or '(none)'}: choose from {', '.join(LOSSES)}")
+    if not critic_steps or min(critic_steps) < 0:
+        raise CdganError(f"--critic-steps must be counts >= 0 (got {critic_steps})")
+    real = load_dataset(paths.dataset)
+    device = resolve_device(params.train.device)
+    rows = gradient_probe(torch.from_numpy(real.x).to(device), params.model, params.train, losses, critic_steps)
+    csv_path = out_dir / "gradient_probe.csv"
+    _write_csv(csv_path, rows)
+    title = f"{params.data.dataset}: generator gradient vs energy-net steps (frozen G)"
+    png = save_curves_png(
+        out_dir / "gradient_probe.png", rows, "critic_steps", "grad_norm_g", "loss", title, log_y=True
+    )
+    return ProbeResult(csv_path, png, rows)

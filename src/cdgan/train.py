@@ -122,7 +122,7 @@ def _push_replay(params: TrainParams, s: TrainState, x_k: Tensor) -> None:
     s.replay_count += len(x_k)
 
 
-def _energy_step(params: TrainParams, s: TrainState, x_data: Tensor) -> dict[str, Tensor]:
+def energy_step(params: TrainParams, s: TrainState, x_data: Tensor) -> dict[str, Tensor]:
     loss = LOSSES[params.loss]
     x_real = sample_batch(x_data, params.batch_size, s.rng)
     with torch.no_grad():
@@ -183,7 +183,7 @@ def fit(
     state.generator.train()
     while state.step < params.steps:
         for _ in range(params.n_critic):
-            values = _energy_step(params, state, x_data)
+            values = energy_step(params, state, x_data)
         values |= _generator_step(params, state)
         state.step += 1
         step, is_last = state.step, state.step == params.steps
