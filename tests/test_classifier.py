@@ -1,12 +1,28 @@
-"""Tests for cdgan.classifier: the domain classifier behind FID learns digits and exposes FEATURE_DIM features."""
+"""Tests for cdgan.classifier: the domain classifier learns digits and exposes FEATURE_DIM features; the FID
+Inception-v3 is wired as pytorch-fid's, loads a local weights file and never downloads one."""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 import torch
+import torch.nn.functional as F
+from torchvision.models.inception import Inception3, InceptionA, InceptionC, InceptionE
 
-from cdgan.classifier import FEATURE_DIM, Classifier, fit_classifier
+from cdgan.classifier import (
+    FEATURE_DIM,
+    INCEPTION_DIM,
+    INCEPTION_URL,
+    Classifier,
+    FidInceptionV3,
+    fit_classifier,
+    load_fid_inception,
+)
 from cdgan.data import build_dataset
+from cdgan.errors import CdganError
 from cdgan.params import DataParams
 
 
@@ -53,3 +69,94 @@ def test_classifier_handles_three_channels_and_16_pixels() -> None:
     net = Classifier(channels=3, n_classes=1000)
     x = torch.rand(4, 3, 16, 16) * 2 - 1
     assert net.features(x).shape == (4, FEATURE_DIM) and net(x).shape == (4, 1000)
+
+
+def test_embed_gives_the_features_and_the_logits_of_forward(trained: tuple[Classifier, float, torch.Tensor]) -> None:
+    net, _, x = trained
+    with torch.no_grad():
+        features, logits = net.embed(x[:8])
+        assert torch.equal(features, net.features(x[:8])) and torch.equal(logits, net(x[:8]))
+
+
+# --- FID Inception-v3 -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fid_inception() -> FidInceptionV3:
+    return FidInceptionV3().eval()
+
+
+def _torchvision_pool(x: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1)  # counts the zero padding
+
+
+@pytest.mark.parametrize(
+    ("name", "torchvision_block"),
+    [
+        ("Mixed_5b", lambda: InceptionA(192, pool_features=32)),
+        ("Mixed_6b", lambda: InceptionC(768, channels_7x7=128)),
+        ("Mixed_7b", lambda: InceptionE(1280)),
+    ],
+)
+def test_fid_blocks_are_torchvision_blocks_but_for_the_pooling(
+    fid_inception: FidInceptionV3, name: str, torchvision_block: Callable[[], torch.nn.Module]
+) -> None:
+    # given the same weights, and torchvision's pooling swapped into a copy of the FID block:
+    # every branch must then be wired as torchvision's
+    block, reference = copy.deepcopy(getattr(fid_inception, name)), torchvision_block()
+    reference.load_state_dict(block.state_dict())
+    block.pool = _torchvision_pool
+    x = torch.randn(2, block.branch1x1.conv.in_channels, 5, 5)
+    with torch.no_grad():
+        assert torch.allclose(block(x), reference.eval()(x), atol=1e-5)
+
+
+def test_fid_blocks_pool_as_the_tensorflow_graph(fid_inception: FidInceptionV3) -> None:
+    # given a constant image: TensorFlow's average pool keeps it constant (torchvision's darkens the border)
+    ones = torch.ones(1, 1, 4, 4)
+    assert _torchvision_pool(ones)[0, 0, 0, 0] == pytest.approx(4 / 9)
+    for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7b"):
+        assert torch.equal(getattr(fid_inception, name).pool(ones), ones), name
+    # and the last block max-pools, as the FID graph does
+    x = torch.randn(1, 2, 5, 5)
+    assert torch.equal(fid_inception.Mixed_7c.pool(x), F.max_pool2d(x, kernel_size=3, stride=1, padding=1))
+
+
+def test_fid_inception_has_the_module_names_pytorch_fid_loads_its_weights_into(fid_inception: FidInceptionV3) -> None:
+    # pytorch-fid loads its weights file into torchvision's Inception3(num_classes=1008, aux_logits=False)
+    reference = Inception3(num_classes=1008, aux_logits=False, init_weights=False)
+    shapes = {key: value.shape for key, value in fid_inception.state_dict().items()}
+    assert shapes == {key: value.shape for key, value in reference.state_dict().items()}
+
+
+def test_load_fid_inception_reads_a_local_weights_file_and_embeds_grey_images(
+    fid_inception: FidInceptionV3, tmp_path: Path
+) -> None:
+    # given a weights file with the right keys (random values: the real file cannot be fetched offline)
+    path = tmp_path / "pt_inception.pth"
+    torch.save(fid_inception.state_dict(), path)
+    # when
+    net = load_fid_inception(path)
+    with torch.no_grad():
+        features, logits = net.embed(torch.rand(2, 1, 8, 8) * 2 - 1)  # grey 8 x 8: repeated to RGB, resized to 299
+    # then
+    assert not net.training
+    assert features.shape == (2, INCEPTION_DIM) and logits.shape == (2, 1008)
+    assert torch.isfinite(features).all() and (features >= 0).all(), "pool3 features follow a ReLU"
+
+
+def test_missing_inception_weights_name_the_param_and_the_file_and_download_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "inception" / "pt_inception-2015-12-05-6726825d.pth"
+    with pytest.raises(CdganError) as err:
+        load_fid_inception(path)
+    message = str(err.value)
+    assert f"evaluate.inception_weights={path}" in message and INCEPTION_URL in message, message
+    assert "never downloads" in message and "feature_extractor: domain" in message, message
+    assert not path.parent.exists(), "nothing fetched or created"
+
+
+def test_a_weights_file_of_another_network_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "classifier.pth"
+    torch.save(Classifier(channels=1, n_classes=10).state_dict(), path)
+    with pytest.raises(CdganError, match="not pytorch-fid's FID Inception weights"):
+        load_fid_inception(path)

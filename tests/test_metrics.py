@@ -1,13 +1,28 @@
-"""Tests for cdgan.metrics: Frechet distance against closed forms and SciPy, streaming statistics, mode coverage."""
+"""Tests for cdgan.metrics: Frechet distance against closed forms and SciPy, KID, k-NN precision/recall and
+density/coverage, streaming statistics and Inception Score, mode coverage."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from sklearn.neighbors import NearestNeighbors
+from torchmetrics.image.inception import InceptionScore as TorchmetricsInceptionScore
 
-from cdgan.metrics import FeatureStats, frechet_distance, mode_coverage
+from cdgan.metrics import (
+    FID_EPS,
+    FeatureStats,
+    InceptionScore,
+    density_coverage,
+    frechet_distance,
+    kernel_inception_distance,
+    knn_radii,
+    mode_coverage,
+    precision_recall,
+)
 
 
 def _scipy_frechet(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
@@ -31,14 +46,16 @@ def test_frechet_distance_is_zero_for_identical_gaussians() -> None:
     assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-9)
 
 
-def test_frechet_distance_in_2048d_unit_mean_shift_is_2048() -> None:
-    # given means 0 vs 1 and identity covariances: the trace terms cancel, ||mu1 - mu2||^2 = d
+def test_frechet_distance_in_2048d_matches_the_closed_form() -> None:
+    # given means 0 vs 1 and diagonal covariances at the Inception feature size:
+    # FID = ||mu1 - mu2||^2 + sum (sqrt(a) - sqrt(b))^2 = 2048 + sum (sqrt(a) - sqrt(b))^2
     d = 2048
-    eye = np.eye(d)
+    rng = np.random.default_rng(7)
+    a, b = rng.uniform(0.1, 3.0, d), rng.uniform(0.1, 3.0, d)
     # when
-    distance = frechet_distance(np.zeros(d), eye, np.ones(d), eye)
+    distance = frechet_distance(np.zeros(d), np.diag(a), np.ones(d), np.diag(b))
     # then
-    assert distance == pytest.approx(2048.0, rel=1e-9)
+    assert distance == pytest.approx(d + float(((np.sqrt(a) - np.sqrt(b)) ** 2).sum()), rel=1e-9)
 
 
 def test_frechet_distance_closed_form_for_commuting_covariances() -> None:
@@ -87,6 +104,48 @@ def test_frechet_distance_on_rank_deficient_covariance_is_finite_and_matches_sci
     assert ours == pytest.approx(reference, rel=1e-6), f"ours {ours} vs scipy {reference}"
 
 
+def test_frechet_distance_on_near_singular_covariance_matches_scipy_without_warning() -> None:
+    # given more samples (500) than dimensions (40) but features of rank 8 plus 1e-6 noise: condition ~1e12
+    rng = np.random.default_rng(4)
+    basis = rng.standard_normal((8, 40))
+    a = rng.standard_normal((500, 8)) @ basis + 1e-6 * rng.standard_normal((500, 40))
+    b = rng.standard_normal((500, 8)) @ basis * 1.5 + 1e-6 * rng.standard_normal((500, 40)) + 0.2
+    mu1, s1, mu2, s2 = a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
+    assert np.linalg.cond(s1) > 1e10, "test setup: covariance should be near-singular"
+    # when
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PSD within round-off: the exact path, no epsilon
+        ours = frechet_distance(mu1, s1, mu2, s2)
+    # then
+    assert ours == pytest.approx(_scipy_frechet(mu1, s1, mu2, s2), rel=1e-6)
+
+
+def test_frechet_distance_adds_eps_with_a_warning_when_a_covariance_is_indefinite() -> None:
+    # given a covariance with eigenvalue -1e-7: beyond round-off, but +eps * I makes it PSD
+    rng = np.random.default_rng(5)
+    q, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    s1, s2 = (q * [-1e-7, 0.5, 1.0, 1.5, 2.0, 2.5]) @ q.T, _spd(rng, 6)
+    s1 = (s1 + s1.T) / 2
+    mu1, mu2 = rng.standard_normal(6), rng.standard_normal(6)
+    # when
+    with pytest.warns(RuntimeWarning, match=r"adding 1e-06 \* I"):
+        distance = frechet_distance(mu1, s1, mu2, s2)
+    # then it is the distance between the offset covariances, which alone need no fallback
+    eye = FID_EPS * np.eye(6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        expected = frechet_distance(mu1, s1 + eye, mu2, s2 + eye)
+    assert distance == pytest.approx(expected, rel=1e-12)
+
+
+def test_frechet_distance_with_non_finite_statistics_raises_without_retrying() -> None:
+    # given a NaN in a covariance (features of a diverged generator): no epsilon can mend it
+    sigma = np.eye(3)
+    sigma[0, 1] = sigma[1, 0] = np.nan
+    with pytest.raises(ValueError, match="non-finite mean or covariance"):
+        frechet_distance(np.zeros(3), sigma, np.zeros(3), np.eye(3))
+
+
 def test_frechet_distance_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match="shape mismatch"):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
@@ -120,6 +179,148 @@ def test_feature_stats_reset_forgets_previous_batches() -> None:
     # then
     np.testing.assert_allclose(mean, [2.0, 4.0])
     np.testing.assert_allclose(cov, np.cov(x.numpy().astype(np.float64), rowvar=False), atol=1e-12)
+
+
+def test_feature_stats_of_generator_like_batches_equal_one_batch_in_2048d() -> None:
+    # given 2048-d features far from zero (ReLU-like means), streamed in 4 batches vs all at once
+    rng = np.random.default_rng(6)
+    features = torch.from_numpy(rng.standard_normal((300, 2048)) * 0.1 + 5.0)
+    streamed, whole = FeatureStats(2048), FeatureStats(2048)
+    # when
+    for chunk in features.split(77):
+        streamed.update(chunk)
+    whole.update(features)
+    # then: same statistics, and the FID between them is zero
+    (mu_s, cov_s), (mu_w, cov_w) = streamed.compute(), whole.compute()
+    np.testing.assert_allclose(mu_s, mu_w, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(cov_s, cov_w, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(cov_w, np.cov(features.numpy(), rowvar=False), rtol=0, atol=1e-10)
+
+
+# --- Inception Score -----------------------------------------------------------------------------------------------
+
+
+def test_inception_score_streamed_equals_torchmetrics_on_one_split() -> None:
+    # given logits fed in uneven batches
+    logits = torch.randn(300, 10) * 3
+    ours = InceptionScore(10)
+    for chunk in logits.split(37):
+        ours.update(chunk)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchmetrics warns that it buffers every feature
+        reference = TorchmetricsInceptionScore(feature=torch.nn.Identity(), splits=1)
+        reference.update(logits)
+        expected = float(reference.compute()[0])
+    # then
+    assert ours.compute() == pytest.approx(expected, rel=1e-5)
+
+
+def test_inception_score_bounds_one_and_number_of_classes() -> None:
+    # given uninformative predictions (every p(y|x) uniform) and confident ones spread evenly over 10 classes
+    flat, sharp = InceptionScore(10), InceptionScore(10)
+    flat.update(torch.zeros(50, 10))
+    sharp.update(100.0 * torch.eye(10).repeat(5, 1))
+    # then IS = 1 and IS = 10
+    assert flat.compute() == pytest.approx(1.0, abs=1e-12)
+    assert sharp.compute() == pytest.approx(10.0, rel=1e-9)
+
+
+# --- KID -----------------------------------------------------------------------------------------------------------
+
+
+def _numpy_kid(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD^2 with k(a, b) = (a.b / d + 1)^3, written out (Binkowski et al. 2018, eq. 2)."""
+    m, d = len(x), x.shape[1]
+    k_xx, k_yy, k_xy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
+    off = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+    return float(off - 2 * k_xy.sum() / m**2)
+
+
+def test_kid_with_one_full_subset_equals_the_written_out_estimator() -> None:
+    # given one subset holding every sample: the subset draw only reorders rows
+    rng = np.random.default_rng(8)
+    x, y = rng.standard_normal((60, 5)), rng.standard_normal((60, 5)) + 0.3
+    # when
+    kid, std = kernel_inception_distance(torch.from_numpy(x), torch.from_numpy(y), 1, 60, seed=0)
+    # then
+    assert kid == pytest.approx(_numpy_kid(x, y), rel=1e-10)
+    assert std == 0.0
+
+
+def test_kid_is_near_zero_for_one_distribution_and_positive_when_shifted() -> None:
+    # given two independent draws from N(0, I) and one from N(0.5, I)
+    real, same, shifted = torch.randn(1000, 16), torch.randn(1000, 16), torch.randn(1000, 16) + 0.5
+    # when
+    kid_same, std_same = kernel_inception_distance(real, same, 20, 500, seed=0)
+    kid_shifted, std_shifted = kernel_inception_distance(real, shifted, 20, 500, seed=0)
+    # then the unbiased estimate straddles zero for one distribution and is far above it for two
+    assert abs(kid_same) < 3 * std_same + 1e-3, (kid_same, std_same)
+    assert kid_shifted > 10 * (abs(kid_same) + std_same) and kid_shifted > 5 * std_shifted, (kid_shifted, kid_same)
+
+
+def test_kid_subsets_are_seeded() -> None:
+    real, fake = torch.randn(200, 4), torch.randn(200, 4) + 0.2
+    assert kernel_inception_distance(real, fake, 5, 50, seed=3) == kernel_inception_distance(real, fake, 5, 50, seed=3)
+    assert kernel_inception_distance(real, fake, 5, 50, seed=3) != kernel_inception_distance(real, fake, 5, 50, seed=4)
+
+
+def test_kid_subset_larger_than_a_set_is_refused() -> None:
+    with pytest.raises(ValueError, match="subset_size 11"):
+        kernel_inception_distance(torch.randn(20, 3), torch.randn(10, 3), 2, 11, seed=0)
+
+
+# --- k-NN precision / recall, density / coverage --------------------------------------------------------------------
+
+
+def test_knn_radii_agree_with_scikit_learn() -> None:
+    # given more rows than one distance block holds
+    x = np.random.default_rng(9).standard_normal((1500, 6))
+    # when
+    ours = knn_radii(torch.from_numpy(x), k=5).numpy()
+    # then: scikit-learn's 6 nearest include the row itself
+    reference = NearestNeighbors(n_neighbors=6).fit(x).kneighbors(x)[0][:, -1]
+    np.testing.assert_allclose(ours, reference, rtol=1e-6)
+
+
+def test_precision_recall_density_coverage_by_hand_in_1d() -> None:
+    # given real points 0, 1, 2, 3 (k = 1: every real ball has radius 1) and fakes 0.5 and 10 (fake radii 9.5)
+    real, fake = torch.tensor([[0.0], [1.0], [2.0], [3.0]]), torch.tensor([[0.5], [10.0]])
+    # when
+    pr, dc = precision_recall(real, fake, k=1), density_coverage(real, fake, k=1)
+    # then 0.5 is in a real ball, 10 is not; every real point is within 9.5 of a fake;
+    # 0.5 lies in the balls of 0 and 1 (density (2 + 0) / (1 * 2)); only 0 and 1 have a fake within 1
+    assert pr == {"precision": 0.5, "recall": 1.0}
+    assert dc == {"density": 1.0, "coverage": 0.5}
+
+
+def test_precision_recall_and_coverage_are_one_for_identical_sets_and_zero_for_disjoint() -> None:
+    # given a set, itself, and a copy shifted far away
+    real = torch.randn(400, 8)
+    far = real + 100.0
+    # when
+    same_pr, same_dc = precision_recall(real, real.clone(), 5), density_coverage(real, real.clone(), 5)
+    far_pr, far_dc = precision_recall(real, far, 5), density_coverage(real, far, 5)
+    # then
+    assert same_pr == {"precision": 1.0, "recall": 1.0}
+    assert same_dc["coverage"] == 1.0 and same_dc["density"] >= 1.0
+    assert far_pr == {"precision": 0.0, "recall": 0.0}
+    assert far_dc == {"density": 0.0, "coverage": 0.0}
+
+
+def test_precision_stays_high_and_recall_drops_when_fakes_cover_one_mode() -> None:
+    # given real data in two far-apart clusters and fakes from only the first
+    left, right = torch.randn(300, 4), torch.randn(300, 4) + 20.0
+    real, fake = torch.cat([left, right]), torch.randn(300, 4)
+    # when
+    pr, dc = precision_recall(real, fake, 5), density_coverage(real, fake, 5)
+    # then mode dropping shows as recall and coverage near one half, quality as precision near one
+    assert pr["precision"] > 0.9 and 0.4 < pr["recall"] < 0.55, pr
+    assert 0.4 < dc["coverage"] < 0.55, dc
+
+
+def test_knn_needs_more_rows_than_k() -> None:
+    with pytest.raises(ValueError, match="k = 5"):
+        knn_radii(torch.randn(5, 2), 5)
 
 
 # --- mode coverage -------------------------------------------------------------------------------------------------

@@ -1,22 +1,48 @@
-"""Scoring samples against the real data: domain FID for images, mode coverage for 2-D mixtures."""
+"""Scoring samples against the real data: feature-space metrics for images, mode coverage for 2-D mixtures.
+
+Image metrics (`evaluate.metrics`): fid (and fid_raw for raw G(z)), kid, precision_recall,
+density_coverage, inception_score, all in the space of one feature extractor (`evaluate.feature_extractor`).
+`inception_score` uses that extractor's class probabilities: with `domain`, the domain classifier's
+(at most its number of classes, not comparable with published Inception Scores).
+Samples are drawn, featurized and folded into running statistics BATCH at a time, so FID and the
+Inception Score take memory independent of `evaluate.n_samples`; KID and the k-NN metrics need every
+feature at once, (n_samples, d) floats, which they keep only when asked for.
+2-D mixtures always report modes and hq_frac (and their _raw twins) and ignore `evaluate.metrics`, as a
+loss ignores the params of the others: switching data.dataset needs no second edit.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from cdgan.classifier import FEATURE_DIM, Classifier
+from cdgan.classifier import FEATURE_DIM, INCEPTION_DIM, Classifier, load_fid_inception
 from cdgan.data import Dataset, mode_centres
+from cdgan.errors import CdganError
 from cdgan.files import load_torch, save_torch
-from cdgan.metrics import FeatureStats, frechet_distance, mode_coverage
+from cdgan.metrics import (
+    FeatureStats,
+    InceptionScore,
+    density_coverage,
+    frechet_distance,
+    kernel_inception_distance,
+    mode_coverage,
+    precision_recall,
+)
+from cdgan.models import EnergyNet, Generator
+from cdgan.params import EvaluateParams
+from cdgan.sampler import draw_samples
 
 Scorer = Callable[[Tensor], dict[str, float]]
-FEATURE_EXTRACTOR = "domain-classifier"  # recorded with every FID so registry gates compare like with like
+BATCH = 500  # samples drawn, featurized and accumulated at a time; fixed, as each batch has its own seed
+PREVIEW = 2500  # model samples kept for the picture
+_FEATURE_BATCH = 100  # images per feature-network call: Inception's activations at 299 px are ~10 MB an image
+_REAL_FEATURE_METRICS = ("kid", "precision_recall", "density_coverage")
 
 
 @dataclass(frozen=True)
@@ -61,7 +87,7 @@ def load_reference(path: Path) -> Reference:
 
 
 def build_scorer(dataset: str, real: Dataset, reference_path: Path) -> Scorer:
-    """samples -> metrics: {"fid"} for image data sets, {"modes", "hq_frac"} for 2-D mixtures."""
+    """samples -> metrics during training: {"fid"} (domain FID) for images, {"modes", "hq_frac"} for 2-D mixtures."""
     if len(real.shape) == 1:
         centres, std = mode_centres(dataset)
         return lambda x: mode_coverage(x.numpy(), centres, std)
@@ -77,3 +103,160 @@ def build_scorer(dataset: str, real: Dataset, reference_path: Path) -> Scorer:
 def primary_metric(is_image: bool) -> tuple[str, bool]:
     """The metric models are ranked by, and whether lower is better."""
     return ("fid", True) if is_image else ("modes", False)
+
+
+@dataclass(frozen=True)
+class FeatureExtractor:
+    """One interface over the feature networks (the domain classifier, the FID Inception-v3).
+
+    `network.embed`: (B, C, H, W) in [-1, 1] -> (B, dim) features and (B, n_classes) logits.
+    `name` is the `evaluate.feature_extractor` value, recorded in metrics/eval.json and the registry tags.
+    """
+
+    name: str
+    dim: int
+    n_classes: int
+    network: nn.Module
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:  # (B, C, H, W) on any device
+        with torch.no_grad():
+            parts = [self.network.embed(chunk.to(self.device)) for chunk in x.split(_FEATURE_BATCH)]
+        return torch.cat([f for f, _ in parts]), torch.cat([logits for _, logits in parts])
+
+
+def build_extractor(ev: EvaluateParams, reference: Reference, device: torch.device) -> FeatureExtractor:
+    """The extractor `evaluate.feature_extractor` names; CdganError when Inception's weights file is missing."""
+    if ev.feature_extractor == "domain":
+        return FeatureExtractor("domain", FEATURE_DIM, reference.classifier.n_classes, reference.classifier.to(device))
+    return FeatureExtractor("inception", INCEPTION_DIM, 1008, load_fid_inception(Path(ev.inception_weights)).to(device))
+
+
+@dataclass(frozen=True)
+class Suite:
+    """What samples are scored against, built and checked before any sample is drawn.
+
+    Images: the extractor, the real feature statistics (the FID reference) and, for KID and the k-NN
+    metrics, the features of min(n_samples, N) seeded real examples. 2-D mixtures: mode centres and std.
+    """
+
+    ev: EvaluateParams
+    extractor: FeatureExtractor | None = None
+    real_stats: tuple[np.ndarray, np.ndarray] | None = None
+    real_features: Tensor | None = None  # (n_real, d), on the extractor's device
+    classifier_accuracy: float | None = None
+    modes: tuple[np.ndarray, float] | None = None
+
+    @property
+    def feature_extractor(self) -> str:
+        return self.extractor.name if self.extractor is not None else "none"
+
+
+def build_suite(dataset: str, real: Dataset, reference_path: Path, ev: EvaluateParams, device: torch.device) -> Suite:
+    if len(real.shape) == 1:
+        return Suite(ev, modes=mode_centres(dataset))
+    n_real = min(len(real.x), ev.n_samples)
+    if "kid" in ev.metrics and ev.kid_subset_size > n_real:
+        raise CdganError(
+            f"evaluate.kid_subset_size={ev.kid_subset_size} exceeds the {n_real} samples per side "
+            f"(the smaller of evaluate.n_samples and the {len(real.x)} real examples); lower it"
+        )
+    is_knn = {"precision_recall", "density_coverage"} & set(ev.metrics)
+    if is_knn and ev.nearest_k >= n_real:
+        raise CdganError(f"evaluate.nearest_k={ev.nearest_k} must be below the {n_real} samples per side; lower it")
+    reference = load_reference(reference_path)
+    extractor = build_extractor(ev, reference, device)
+    is_kept = None
+    if set(_REAL_FEATURE_METRICS) & set(ev.metrics):
+        order = torch.randperm(len(real.x), generator=torch.Generator().manual_seed(ev.seed))
+        is_kept = np.zeros(len(real.x), dtype=bool)
+        is_kept[order[:n_real].numpy()] = True
+    if extractor.name == "domain":  # statistics cached by `prepare`
+        stats, features = (reference.mu, reference.sigma), _featurize_real(extractor, real.x, is_kept, None)
+    else:
+        stats_metric = FeatureStats(extractor.dim).to(extractor.device)
+        features = _featurize_real(extractor, real.x, is_kept, stats_metric)
+        stats = stats_metric.compute()
+    return Suite(ev, extractor, stats, features, reference.accuracy)
+
+
+def _featurize_real(
+    extractor: FeatureExtractor, x: np.ndarray, is_kept: np.ndarray | None, stats: FeatureStats | None
+) -> Tensor | None:
+    """One pass over the real images: fold all into `stats` (when given), return the kept rows' features."""
+    if is_kept is None and stats is None:
+        return None
+    kept = []
+    for start in range(0, len(x), BATCH):
+        features, _ = extractor(torch.from_numpy(x[start : start + BATCH]))
+        if stats is not None:
+            stats.update(features)
+        if is_kept is not None:
+            kept.append(features[torch.from_numpy(is_kept[start : start + BATCH]).to(features.device)])
+    return torch.cat(kept) if is_kept is not None else None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, float]
+    preview: Tensor  # the first PREVIEW samples of the model output, for the picture
+
+
+def sample_batches(
+    generator: Generator, energy: EnergyNet | None, sampling: dict, n: int, seed: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """(raw G(z), model output) for n samples, BATCH at a time; both share their z.
+
+    Batch b draws from its own seed, SeedSequence([seed, b]), so the samples depend on (n, seed) only.
+    `sampling` holds the Langevin settings (langevin_steps, step_size, noise) of params.yaml's `sample`.
+    """
+    is_refined = energy is not None and sampling["langevin_steps"] > 0
+    for b, start in enumerate(range(0, n, BATCH)):
+        size, batch_seed = min(BATCH, n - start), int(np.random.SeedSequence([seed, b]).generate_state(1)[0])
+        x_raw = draw_samples(generator, energy, size, batch_seed)
+        yield x_raw, draw_samples(generator, energy, size, batch_seed, **sampling) if is_refined else x_raw
+
+
+def score_model(suite: Suite, generator: Generator, energy: EnergyNet | None, sampling: dict) -> Evaluation:
+    """The metrics `suite` asks for, of the model output (G(z) refined as `sampling` says) and of raw G(z)."""
+    ev = suite.ev
+    batches = sample_batches(generator, energy, sampling, ev.n_samples, ev.seed)
+    if suite.modes is not None:
+        x_raw, x_out = (torch.cat(xs) for xs in zip(*batches, strict=True))
+        centres, std = suite.modes
+        raw = mode_coverage(x_raw.numpy(), centres, std)
+        metrics = mode_coverage(x_out.numpy(), centres, std) | {f"{k}_raw": v for k, v in raw.items()}
+        return Evaluation(metrics, x_out[:PREVIEW])
+    extractor, is_refined = suite.extractor, energy is not None and sampling["langevin_steps"] > 0
+    stats_out, stats_raw = (FeatureStats(extractor.dim).to(extractor.device) for _ in range(2))
+    inception_score = InceptionScore(extractor.n_classes).to(extractor.device)
+    kept, preview = [], []
+    for x_raw, x_out in batches:
+        features, logits = extractor(x_out)
+        stats_out.update(features)
+        if is_refined:
+            stats_raw.update(extractor(x_raw)[0])
+        if "inception_score" in ev.metrics:
+            inception_score.update(logits)
+        if suite.real_features is not None:
+            kept.append(features)
+        if sum(map(len, preview)) < PREVIEW:
+            preview.append(x_out)
+    fid = frechet_distance(*stats_out.compute(), *suite.real_stats)
+    metrics = {"fid": fid, "fid_raw": frechet_distance(*stats_raw.compute(), *suite.real_stats) if is_refined else fid}
+    if "inception_score" in ev.metrics:
+        metrics["inception_score"] = inception_score.compute()
+    real, fake = suite.real_features, torch.cat(kept) if kept else None
+    if "kid" in ev.metrics:
+        kid, kid_std = kernel_inception_distance(real, fake, ev.kid_subsets, ev.kid_subset_size, ev.seed)
+        metrics |= {"kid": kid, "kid_std": kid_std}
+    if "precision_recall" in ev.metrics:
+        metrics |= precision_recall(real, fake, ev.nearest_k)
+    if "density_coverage" in ev.metrics:
+        metrics |= density_coverage(real, fake, ev.nearest_k)
+    if suite.classifier_accuracy is not None:
+        metrics["classifier_accuracy"] = suite.classifier_accuracy
+    return Evaluation(metrics, torch.cat(preview)[:PREVIEW])

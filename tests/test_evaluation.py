@@ -1,0 +1,236 @@
+"""Tests for cdgan.evaluation and the evaluate stage: the metric suite, streaming scores, the feature
+extractors' errors, and `cdgan evaluate` (with --model-uri) on a tiny trained project."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from cdgan.classifier import Classifier
+from cdgan.cli import main
+from cdgan.data import Dataset, build_dataset
+from cdgan.errors import CdganError
+from cdgan.evaluation import BATCH, build_suite, load_reference, sample_batches, save_reference, score_model
+from cdgan.metrics import frechet_distance
+from cdgan.models import EnergyNet, Generator, build_models
+from cdgan.params import DataParams, EvaluateParams, ModelParams, Paths, parse_params
+from cdgan.stages import evaluate, prepare, register, train
+from tests.conftest import tiny_raw
+
+CPU = torch.device("cpu")
+ALL_METRICS = ("fid", "kid", "precision_recall", "density_coverage", "inception_score")
+RAW = {"langevin_steps": 0, "step_size": 0.01, "noise": 0.0}
+REFINED = {"langevin_steps": 2, "step_size": 0.01, "noise": 0.0}
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    return build_dataset(DataParams(dataset="digits"))
+
+
+@pytest.fixture(scope="module")
+def reference_path(digits: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained (seeded) domain classifier and its real-data statistics: enough to compare feature spaces."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("reference") / "classifier.pt"
+    save_reference(path, Classifier(channels=1, n_classes=10).eval(), torch.from_numpy(digits.x), accuracy=0.5)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(digits: Dataset) -> tuple[Generator, EnergyNet]:
+    torch.manual_seed(0)
+    generator, energy = build_models(ModelParams(channels=8), digits.shape)
+    return generator.eval(), energy.eval()
+
+
+def test_every_asked_metric_is_reported_in_its_range(
+    digits: Dataset, reference_path: Path, models: tuple[Generator, EnergyNet]
+) -> None:
+    # given every image metric on 300 samples
+    ev = EvaluateParams(n_samples=300, metrics=ALL_METRICS, kid_subsets=5, kid_subset_size=100)
+    suite = build_suite("digits", digits, reference_path, ev, CPU)
+    # when
+    metrics = score_model(suite, *models, RAW)
+    # then
+    expected = {"fid", "fid_raw", "kid", "kid_std", "precision", "recall", "density", "coverage", "inception_score"}
+    assert set(metrics.metrics) == expected | {"classifier_accuracy"}
+    assert metrics.metrics["fid"] > 0 and metrics.metrics["fid_raw"] == metrics.metrics["fid"], "no Langevin: raw = out"
+    assert all(0 <= metrics.metrics[k] <= 1 for k in ("precision", "recall", "coverage")), metrics.metrics
+    assert 1 <= metrics.metrics["inception_score"] <= 10 and metrics.metrics["density"] >= 0
+    assert suite.feature_extractor == "domain" and metrics.preview.shape == (300, 1, 8, 8)
+
+
+def test_streamed_fid_equals_the_fid_of_all_samples_featurized_at_once(
+    digits: Dataset, reference_path: Path, models: tuple[Generator, EnergyNet]
+) -> None:
+    # given more samples than one batch, so the statistics are accumulated over three batches
+    ev = EvaluateParams(n_samples=2 * BATCH + 100)
+    suite = build_suite("digits", digits, reference_path, ev, CPU)
+    # when
+    streamed = score_model(suite, *models, RAW).metrics["fid"]
+    # then it equals FID from one matrix of every feature, with NumPy's covariance
+    x = torch.cat([x_out for _, x_out in sample_batches(*models, RAW, ev.n_samples, ev.seed)])
+    reference = load_reference(reference_path)
+    with torch.no_grad():
+        features = reference.classifier.features(x).double().numpy()
+    whole = frechet_distance(features.mean(0), np.cov(features, rowvar=False), reference.mu, reference.sigma)
+    assert streamed == pytest.approx(whole, rel=1e-6)
+
+
+def test_samples_depend_on_n_and_seed_only_and_raw_and_refined_share_z(models: tuple[Generator, EnergyNet]) -> None:
+    # when
+    def draw(n: int, seed: int, sampling: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        raw, out = zip(*sample_batches(*models, sampling, n, seed), strict=True)
+        return torch.cat(raw), torch.cat(out)
+
+    raw_700, out_700 = draw(BATCH + 200, 0, REFINED)
+    raw_500, _ = draw(BATCH, 0, REFINED)
+    # then: a longer run begins with the shorter one; Langevin moves the samples; another seed differs
+    assert torch.equal(raw_700[:BATCH], raw_500)
+    assert not torch.equal(raw_700, out_700)
+    assert torch.equal(draw(BATCH, 0, RAW)[0], raw_500), "raw G(z) does not depend on the Langevin settings"
+    assert not torch.equal(draw(BATCH, 1, RAW)[0], raw_500)
+
+
+def test_fid_raw_is_the_fid_of_the_unrefined_samples(
+    digits: Dataset, reference_path: Path, models: tuple[Generator, EnergyNet]
+) -> None:
+    # given one suite, scored without and with Langevin refinement
+    suite = build_suite("digits", digits, reference_path, EvaluateParams(n_samples=200), CPU)
+    # when
+    plain, refined = score_model(suite, *models, RAW).metrics, score_model(suite, *models, REFINED).metrics
+    # then
+    assert refined["fid_raw"] == pytest.approx(plain["fid"], rel=1e-12)
+    assert refined["fid"] != pytest.approx(plain["fid"], rel=1e-6)
+
+
+def test_points_report_modes_and_leave_image_metrics_out() -> None:
+    # given a 2-D data set and a params section asking for every image metric
+    grid = build_dataset(DataParams(dataset="grid25", n_points=500))
+    torch.manual_seed(0)
+    generator, energy = build_models(ModelParams(hidden=16), grid.shape)
+    ev = EvaluateParams(n_samples=300, metrics=ALL_METRICS, kid_subset_size=100)
+    # when
+    suite = build_suite("grid25", grid, Path("not-read.pt"), ev, CPU)
+    metrics = score_model(suite, generator.eval(), energy.eval(), REFINED).metrics
+    # then
+    assert set(metrics) == {"modes", "hq_frac", "modes_raw", "hq_frac_raw"}
+    assert suite.feature_extractor == "none"
+
+
+def test_missing_inception_weights_give_one_clear_error(digits: Dataset, reference_path: Path, tmp_path: Path) -> None:
+    # given the Inception extractor asked for, with no weights file (none can be downloaded here)
+    weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    ev = EvaluateParams(feature_extractor="inception", inception_weights=str(weights))
+    # when / then
+    with pytest.raises(CdganError, match=r"evaluate\.inception_weights=.*file not found.*pytorch-fid"):
+        build_suite("digits", digits, reference_path, ev, CPU)
+    assert list(tmp_path.iterdir()) == [], "nothing downloaded or created"
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"metrics": ("fid", "kid"), "kid_subset_size": 201}, "evaluate.kid_subset_size=201"),
+        ({"metrics": ("fid", "precision_recall"), "nearest_k": 200}, "evaluate.nearest_k=200"),
+        ({"metrics": ("fid", "density_coverage"), "nearest_k": 250}, "evaluate.nearest_k=250"),
+    ],
+)
+def test_sizes_beyond_the_samples_are_refused_before_sampling(
+    digits: Dataset, reference_path: Path, override: dict, key: str
+) -> None:
+    ev = EvaluateParams(n_samples=200, **override)
+    with pytest.raises(CdganError, match=key):
+        build_suite("digits", digits, reference_path, ev, CPU)
+
+
+# --- the evaluate stage and `cdgan evaluate --model-uri` ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, mlflow_uri: str) -> Paths:
+    """A tiny prepared, trained, evaluated and registered project on the digits, asking for every metric."""
+    raw = tiny_raw(
+        evaluate={"metrics": list(ALL_METRICS), "kid_subsets": 5, "kid_subset_size": 100},
+        sample={"langevin_steps": 2},
+        register={"model_name": "cdgan-evaluate-test"},
+    )
+    paths = Paths(tmp_path_factory.mktemp("evaluate-project"))
+    params = parse_params(raw)
+    prepare(params, paths)
+    train(params, paths)
+    evaluate(params, paths)
+    register(params, paths)
+    (paths.root / "params.yaml").write_text(json.dumps(raw))  # JSON is YAML: `cdgan` reads it from the project
+    return paths
+
+
+def test_evaluate_writes_every_asked_metric_to_eval_json_and_mlflow(project: Paths) -> None:
+    # when (the fixture ran prepare, train, evaluate)
+    evaluation = json.loads(project.eval_metrics.read_text())
+    # then
+    keys = {"fid", "fid_raw", "kid", "kid_std", "precision", "recall", "density", "coverage", "inception_score"}
+    assert keys <= set(evaluation), sorted(evaluation)
+    assert evaluation["feature_extractor"] == "domain" and evaluation["n_samples"] == 200
+    assert evaluation["fid_raw"] != evaluation["fid"], "2 Langevin steps move the samples"
+    # fid also has a training history (train.eval_every), so look for the evaluate value in each history
+    client = MlflowClient()
+    for key in keys:
+        history = [m.value for m in client.get_metric_history(evaluation["mlflow_run_id"], key)]
+        assert evaluation[key] in history, f"{key}: {evaluation[key]} not in the MLflow history {history}"
+
+
+def test_evaluate_model_uri_writes_only_out_with_the_same_metrics(
+    project: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given the DVC outputs of the project as they are
+    monkeypatch.chdir(project.root)
+    before = {path: path.read_bytes() for path in (project.eval_metrics, project.eval_plots / "samples.png")}
+    # when the registered version is evaluated
+    main(["evaluate", "--model-uri", "models:/cdgan-evaluate-test/1", "--out", "registered.json"])
+    # then its metrics (same networks, same Langevin settings, same seed) land in --out only
+    registered, evaluation = (
+        json.loads(Path("registered.json").read_text()),
+        json.loads(project.eval_metrics.read_text()),
+    )
+    assert registered["model_uri"] == "models:/cdgan-evaluate-test/1"
+    assert all(registered[key] == evaluation[key] for key in ("fid", "fid_raw", "kid", "precision", "coverage"))
+    assert {path: path.read_bytes() for path in before} == before, "DVC outputs untouched"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["evaluate", "--model-uri", "models:/cdgan-evaluate-test/1"], "--model-uri and --out go together"),
+        (["evaluate", "--out", "x.json"], "--model-uri and --out go together"),
+        (["evaluate", "--model-uri", "models:/cdgan-evaluate-test/1", "--out", "metrics/eval.json"], "DVC output"),
+    ],
+)
+def test_evaluate_model_uri_refuses_to_touch_dvc_outputs(
+    project: Paths, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    monkeypatch.chdir(project.root)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and message in err, err
+    assert not Path("x.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("metrics", "message"),
+    [
+        (["kid"], r"evaluate\.metrics: .*must include fid"),
+        (["fid", "kid", "fid"], r"evaluate\.metrics: .*twice"),
+        (["fid", "is"], r"evaluate\.metrics\.1: "),
+    ],
+)
+def test_evaluate_metrics_are_checked_when_params_load(metrics: list[str], message: str) -> None:
+    with pytest.raises(CdganError, match=message):
+        parse_params({"evaluate": {"metrics": metrics}})
