@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from pathlib import Path
 
@@ -9,11 +11,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from cdgan import registry
+from cdgan import registry, stages
 from cdgan.models import build_models
-from cdgan.params import ModelParams
+from cdgan.params import ModelParams, Params, Paths, RegisterParams
+from tests.conftest import run
 
 COMPARABLE = {"dataset": "grid25", "feature_extractor": "none"}
 
@@ -78,6 +82,82 @@ def test_mismatched_dataset_is_refused_and_force_overrides(sampler_uri: str) -> 
     forced = _register(sampler_uri, name, 1, force=True)
     assert forced.alias == "champion" and forced.reason.startswith("forced")
     assert _champion(name) == forced.version
+    forced_tags = {
+        v: MlflowClient().get_model_version(name, str(v)).tags["forced"] for v in (other.version, forced.version)
+    }
+    assert forced_tags == {other.version: "false", forced.version: "true"}, "--force is recorded on the version"
+
+
+def test_version_carries_the_given_tags_and_the_gate_terms(sampler_uri: str) -> None:
+    name = f"tags-{uuid.uuid4().hex[:8]}"
+    reg = _register(sampler_uri, name, 12, tags={"git_commit": "abc", "data_sha256": "f00"})
+    tags = MlflowClient().get_model_version(name, str(reg.version)).tags
+    assert {k: tags[k] for k in ("git_commit", "data_sha256", "dataset", "metric", "modes", "forced")} == {
+        "git_commit": "abc", "data_sha256": "f00", "dataset": "grid25", "metric": "modes", "modes": "12",
+        "forced": "false",
+    }  # fmt: skip
+
+
+def test_png_format_is_refused_for_points_and_unknown_formats(sampler_uri: str) -> None:
+    model = mlflow.pyfunc.load_model(sampler_uri)
+    rows = pd.DataFrame({"n": [2], "seed": [0]})
+    with pytest.raises(MlflowException, match="needs an image model"):
+        model.predict(rows, params={"format": "png"})
+    with pytest.raises(MlflowException, match="format must be one of"):
+        model.predict(rows, params={"format": "gif"})
+    assert model.predict(rows, params={"format": "array"}).shape == (2, 2)
+
+
+def test_sample_stage_loads_by_alias_and_is_deterministic_per_seed(
+    sampler_uri: str, tiny_params: Params, tmp_path: Path
+) -> None:
+    # given a champion
+    name = f"sample-{uuid.uuid4().hex[:8]}"
+    _register(sampler_uri, name, 10)
+    params = tiny_params.model_copy(update={"register": RegisterParams(model_name=name)})
+
+    # when `cdgan sample` runs twice with one seed and once with another
+    draws = [
+        np.load(stages.sample(params, Paths(tmp_path), 6, seed, tmp_path / f"{i}.npy"))
+        for i, seed in enumerate((4, 4, 5))
+    ]
+
+    # then the same seed gives the same samples, another seed others
+    assert draws[0].shape == (6, 2)
+    np.testing.assert_array_equal(draws[0], draws[1])
+    assert not np.allclose(draws[0], draws[2])
+
+
+def test_registered_version_carries_lineage_metrics_params_and_picture(
+    dvc_repo: Path, dvc_paths: Paths, mlflow_uri: str, tmp_path: Path
+) -> None:
+    # given the version `dvc repro` registered
+    client = MlflowClient(mlflow_uri)
+    version = client.get_model_version_by_alias("cdgan-dvc-test", "champion")
+    register = json.loads(dvc_paths.register_metrics.read_text())
+    evaluation = json.loads(dvc_paths.eval_metrics.read_text())
+    run_id = json.loads(dvc_paths.train_metrics.read_text())["mlflow_run_id"]
+    commit = run(["git", "rev-parse", "HEAD"], dvc_repo).stdout.strip()
+
+    # then the version leads to the commit, the data and the run, and holds the evaluation
+    tags = version.tags
+    assert int(version.version) == register["version"] and version.run_id == run_id
+    assert tags["git_commit"] == commit and tags["git_dirty"] == "false", "a committed project is clean"
+    assert tags["data_sha256"] == hashlib.sha256(dvc_paths.dataset.read_bytes()).hexdigest()
+    assert tags["mlflow_run_id"] == run_id and tags["forced"] == "false"
+    assert float(tags["fid"]) == evaluation["fid"] and tags["metric"] == "fid"
+
+    # and the run leads back to the version, with the same lineage
+    run_tags = client.get_run(run_id).data.tags
+    assert run_tags["model_version"] == str(register["version"]) and run_tags["model_name"] == "cdgan-dvc-test"
+    assert run_tags["dvc_lock_sha256"] == tags["dvc_lock_sha256"]
+
+    # and the model holds the params it was registered with and the sample grid
+    uri = f"models:/cdgan-dvc-test/{version.version}"
+    assert mlflow.models.get_model_info(uri).metadata["cdgan_params"]["register.model_name"] == "cdgan-dvc-test"
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path)))
+    picture = (dvc_paths.eval_plots / "samples.png").read_bytes()
+    assert (local / "artifacts" / "samples.png").read_bytes() == picture
 
 
 def test_pyfunc_sampler_is_deterministic_per_seed(sampler_uri: str) -> None:

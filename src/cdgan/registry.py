@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,10 +10,13 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
-from mlflow.types import ColSpec, Schema, TensorSpec
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+from PIL import Image
 
 from cdgan.errors import CdganError
 from cdgan.files import load_torch, save_torch
@@ -21,6 +25,8 @@ from cdgan.params import ModelParams
 from cdgan.sampler import draw_samples
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+FORMATS = ("array", "png")  # the Sampler's predict param `format`
+_DECIDE_TRIES = 3  # alias decisions retaken when the champion moves meanwhile; more means a registration storm
 
 
 @dataclass(frozen=True)
@@ -68,34 +74,74 @@ def load_bundle(path: Path) -> Bundle:
 
 
 class Sampler(mlflow.pyfunc.PythonModel):
-    """pyfunc model: a table with columns `n` and optional `seed` -> samples, rows concatenated.
+    """pyfunc model: a table with columns `n` and optional `seed` (default 0) -> samples, rows concatenated.
 
-    Output: (sum n, 2) points or (sum n, C, H, W) images in [-1, 1], float32.
+    The same (n, seed) row always gives the same samples, in this process, a fresh one or a server.
+    Output depends on the predict param `format`:
+    - "array" (default): (sum n, 2) points or (sum n, C, H, W) images in [-1, 1], float32.
+    - "png" (images only): a DataFrame with one column `png`, one row per image, each a PNG file's bytes
+      at the native size (C = 1 grey, C = 3 RGB). `mlflow models serve` sends bytes as base64 strings:
+      POST {"dataframe_split": {...}, "params": {"format": "png"}} -> {"predictions": [{"png": "iVBOR..."}, ...]}.
+
+    Bad requests raise MlflowException(INVALID_PARAMETER_VALUE), which a server answers with HTTP 400.
     """
 
     def load_context(self, context: Any) -> None:
         self.bundle = load_bundle(Path(context.artifacts["bundle"]))
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray:
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray | pd.DataFrame:
+        fmt = (params or {}).get("format", "array")
+        if fmt not in FORMATS:
+            raise _bad_request(f"format must be one of {FORMATS} (got {fmt!r})")
+        if fmt == "png" and len(self.bundle.generator.data_shape) != 3:
+            raise _bad_request("format=png needs an image model; this one samples 2-D points")
+        ns = model_input["n"]
+        if (ns <= 0).any():
+            raise _bad_request(f"n must be > 0 in every row (got {ns.tolist()})")
         seeds = model_input["seed"] if "seed" in model_input else pd.Series([0] * len(model_input))
-        parts = [self.bundle.sample(int(n), int(seed)) for n, seed in zip(model_input["n"], seeds, strict=True)]
-        return np.concatenate(parts).astype(np.float32)
+        parts = [self.bundle.sample(int(n), int(seed)) for n, seed in zip(ns, seeds, strict=True)]
+        x = np.concatenate(parts).astype(np.float32)
+        if fmt == "png":
+            return pd.DataFrame({"png": [_png_bytes(image) for image in x]})
+        return x
 
 
-def log_sampler(bundle_path: Path) -> str:
-    """Log the pyfunc sampler into the active run; returns its model URI."""
+def _bad_request(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    """(C, H, W) in [-1, 1] -> one PNG file, 8 bits per channel."""
+    pixels = np.clip(np.rint((image + 1) * 127.5), 0, 255).astype(np.uint8)  # (C, H, W)
+    picture = Image.fromarray(pixels[0]) if pixels.shape[0] == 1 else Image.fromarray(pixels.transpose(1, 2, 0))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def log_sampler(bundle_path: Path, params: dict[str, Any] | None = None, picture: Path | None = None) -> str:
+    """Log the pyfunc sampler into the active run; returns its model URI.
+
+    `params` (flat params.yaml keys, as the logging stage read them) go into the MLmodel file's metadata
+    under `cdgan_params`, and `picture` (the evaluation's sample grid) into the model's artifacts as
+    `samples_png`, so both travel with every version registered from it. The sampler class itself is
+    imported from the installed `cdgan` package wherever the model is loaded (no code is copied).
+    """
     example = pd.DataFrame({"n": [2], "seed": [0]})
     data_shape = load_bundle(bundle_path).generator.data_shape
     signature = ModelSignature(
         inputs=Schema([ColSpec("long", "n"), ColSpec("long", "seed", required=False)]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *data_shape))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *data_shape))]),  # format="array"
+        params=ParamSchema([ParamSpec("format", "string", FORMATS[0])]),
     )
+    artifacts = {"bundle": str(bundle_path)} | ({"samples_png": str(picture)} if picture is not None else {})
     info = mlflow.pyfunc.log_model(
         name="sampler",
         python_model=Sampler(),
-        artifacts={"bundle": str(bundle_path)},
+        artifacts=artifacts,
         signature=signature,
         input_example=example,
+        metadata={"cdgan_params": params} if params else None,
     )
     return info.model_uri
 
@@ -127,33 +173,61 @@ def register_version(
     comparable: dict[str, str],
     min_improvement: float,
     force: bool = False,
+    tags: dict[str, str] | None = None,
 ) -> Registration:
-    """Register a new version; it becomes `champion` only if it beats the champion by `min_improvement`
-    on `metric`, measured on the same `comparable` terms (data set, feature extractor)."""
+    """Register a new version; it becomes `champion` only if it beats the champion by more than
+    `min_improvement` on `metric`, measured on the same `comparable` terms (data set and its hash, feature
+    extractor), or if `force`; otherwise `challenger`. The reason is the version tag `alias_reason`.
+
+    `tags` (lineage, evaluation metrics), `comparable`, `metric` and `forced` ("true" / "false") are set on
+    the version before the alias moves, so the next registration can compare against it.
+
+    Concurrent registrations: MLflow has no compare-and-set for aliases. The champion is read again right
+    before the alias is written, and the decision is taken again if it moved meanwhile. What remains is
+    the window between that last read and the write (one store round trip): two versions registered
+    within it are both judged against the same old champion, and the later write wins.
+    """
     client = MlflowClient()
-    version = mlflow.register_model(model_uri, name)
-    for key, tag in {**comparable, "metric": metric, metric: str(value)}.items():
-        client.set_model_version_tag(name, version.version, key, tag)
-    alias, reason = _decide_alias(client, name, metric, value, lower_is_better, comparable, min_improvement)
-    if force and alias != CHAMPION:
-        alias, reason = CHAMPION, f"forced (--force) over: {reason}"
-    client.set_registered_model_alias(name, alias, version.version)
-    client.set_model_version_tag(name, version.version, "alias_reason", reason)
-    return Registration(int(version.version), alias, reason)
+    version = mlflow.register_model(model_uri, name).version
+    own_tags = {**(tags or {}), **comparable, "metric": metric, metric: str(value), "forced": str(force).lower()}
+    for key, tag in own_tags.items():
+        client.set_model_version_tag(name, version, key, tag)
+    champion = _champion(client, name)
+    for _ in range(_DECIDE_TRIES):
+        alias, reason = _decide_alias(champion, metric, value, lower_is_better, comparable, min_improvement)
+        if force and alias != CHAMPION:
+            alias, reason = CHAMPION, f"forced (--force) over: {reason}"
+        latest = _champion(client, name)  # the re-read right before the write
+        if _version_of(latest) == _version_of(champion):
+            break
+        champion = latest
+    client.set_registered_model_alias(name, alias, version)
+    client.set_model_version_tag(name, version, "alias_reason", reason)
+    return Registration(int(version), alias, reason)
+
+
+def _champion(client: MlflowClient, name: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as err:
+        if err.get_http_status_code() in (400, 404):  # no alias yet (400) or no registered model (404)
+            return None
+        raise
+
+
+def _version_of(model_version: ModelVersion | None) -> str | None:
+    return None if model_version is None else model_version.version
 
 
 def _decide_alias(
-    client: MlflowClient,
-    name: str,
+    champion: ModelVersion | None,
     metric: str,
     value: float,
     lower_is_better: bool,
     comparable: dict[str, str],
     margin: float,
 ) -> tuple[str, str]:
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
+    if champion is None:
         return CHAMPION, "first version"
     mismatch = {k: (champion.tags.get(k), v) for k, v in comparable.items() if champion.tags.get(k) != v}
     if mismatch or metric not in champion.tags:
