@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run test lint format bench clean
+.PHONY: setup run test lint format bench serve clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ format: setup
 
 bench: setup  ## benchmarks printing JSON (see benchmarks/)
 	python benchmarks/run.py --quick
+
+serve: setup  ## Prefect server + deployments + worker + MLflow UI on 127.0.0.1; Ctrl-C stops them all
+	bash pipelines/serve.sh
 
 clean:  ## pipeline outputs and the local MLflow store (not .venv)
 	rm -rf data/prepared models metrics plots mlruns dvc.lock

@@ -1,38 +1,48 @@
-"""Prefect flow `cdgan-pipeline`: the four DVC stages as tasks, then the MLflow run as a Prefect artifact."""
+"""Prefect flows: `cdgan-pipeline` (the four DVC stages as tasks) and `cdgan-sweep` (a grid of trials,
+each a full `dvc repro` in its own workspace, then one comparison report)."""
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
+import shutil
 import subprocess
 import sys
+import time
 from collections import deque
 from pathlib import Path
+from typing import Any
 
+import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
 
+from cdgan import tracking
 from cdgan.errors import CdganError
-from cdgan.files import read_json
-from cdgan.params import Paths, load_params
-from cdgan.tracking import tracking_uri
+from cdgan.files import read_json, write_atomic
+from cdgan.params import Params, Paths, load_params, parse_params
+from cdgan.report import summarize, to_markdown, write_csv
 
 STAGES = ("prepare", "train", "evaluate", "register")  # dvc.yaml order; tests/pipelines/test_flows.py compares them
 RETRIES = {"register": 2}  # only register reaches a tracking server; training is never retried
 TAIL_LINES = 40  # output lines quoted in the error of a failed stage
+TRIAL_FILES = ("dvc.yaml", ".dvcignore", "src")  # what a sweep trial's workspace copies from the project
+SEED_KEYS = {"train.seed", "data.seed", "evaluate.seed"}  # varied to repeat a setting, not to compare settings
+MAX_PARALLEL = 2  # concurrent sweep trials; change with cdgan_sweep.with_options(task_runner=...)
 
 
-@task(retry_delay_seconds=10)
-def run_dvc_stage(stage: str, project: Path) -> None:
-    """`dvc repro --single-item <stage>` in `project`, each output line into the Prefect log; raises on failure."""
+def _run_streaming(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+    """Run `cmd`, each output line into the Prefect log; raise with the output's tail if it fails."""
     logger = get_run_logger()
     # `dvc` and the `cdgan <stage>` commands in dvc.yaml come from the environment running this flow
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     with subprocess.Popen(
-        ["dvc", "repro", "--single-item", stage],
-        cwd=project,
-        env=env,
+        cmd,
+        cwd=cwd,
+        env={**os.environ, **(env or {}), "PATH": path},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -42,7 +52,13 @@ def run_dvc_stage(stage: str, project: Path) -> None:
                 logger.info(line.rstrip())
                 tail.append(line)
     if proc.returncode:
-        raise RuntimeError(f"dvc repro --single-item {stage} failed (exit {proc.returncode}):\n{''.join(tail)}")
+        raise RuntimeError(f"{' '.join(cmd)} failed in {cwd} (exit {proc.returncode}):\n{''.join(tail)}")
+
+
+@task(retry_delay_seconds=10)
+def run_dvc_stage(stage: str, project: Path) -> None:
+    """`dvc repro --single-item <stage>`: DVC skips it when up to date and records it in dvc.lock."""
+    _run_streaming(["dvc", "repro", "--single-item", stage], project)
 
 
 def _summary(run_id: str, uri: str, metrics: dict[str, float]) -> str:
@@ -50,6 +66,12 @@ def _summary(run_id: str, uri: str, metrics: dict[str, float]) -> str:
     return (
         f"# cdgan run\n\n- MLflow run: `{run_id}`\n- Tracking URI: `{uri}`\n\n| metric | value |\n|---|---|\n{rows}\n"
     )
+
+
+def _numeric(values: dict[str, Any]) -> dict[str, float]:
+    return {
+        key: value for key, value in values.items() if isinstance(value, int | float) and not isinstance(value, bool)
+    }
 
 
 @flow(name="cdgan-pipeline")
@@ -65,19 +87,123 @@ def cdgan_pipeline(params_path: str = "params.yaml", project_dir: str = ".") -> 
 
     paths = Paths(project)
     run_id = read_json(paths.train_metrics)["mlflow_run_id"]
-    uri = tracking_uri(paths)
-    metrics = {key: value for key, value in read_json(paths.eval_metrics).items() if isinstance(value, int | float)}
+    uri = tracking.tracking_uri(paths)
+    metrics = _numeric(read_json(paths.eval_metrics))
     get_run_logger().info("MLflow run %s in %s", run_id, uri)
     create_markdown_artifact(_summary(run_id, uri, metrics), key="cdgan-run", description="MLflow run and metrics")
     return metrics
 
 
+def _with_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """params.yaml content with dotted overrides applied: {"train.loss": "bce"} sets raw["train"]["loss"]."""
+    out = {section: dict(values or {}) for section, values in raw.items()}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
+def trial_name(overrides: dict[str, Any]) -> str:
+    return ",".join(f"{key.split('.')[-1]}={value}" for key, value in overrides.items()) or "base"
+
+
+@task
+def run_trial(project: Path, workspace: Path, raw: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """One trial: a fresh workspace with the project's pipeline and these params, `dvc repro evaluate` in it."""
+    if workspace.exists():
+        shutil.rmtree(workspace)
+    workspace.mkdir(parents=True)
+    for name in TRIAL_FILES:
+        source = project / name
+        copy = shutil.copytree if source.is_dir() else shutil.copy
+        copy(source, workspace / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if source.is_dir() else {}))
+    (workspace / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    _run_streaming(["dvc", "init", "--no-scm", "-q"], workspace)
+    _run_streaming(["dvc", "repro", "evaluate"], workspace, env)  # trials are compared, not registered
+    return read_json(Paths(workspace).eval_metrics)
+
+
+@flow(name="cdgan-sweep", task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL))
+def cdgan_sweep(
+    grid: dict[str, list[Any]],
+    base: dict[str, Any] | None = None,
+    project_dir: str = ".",
+    name: str = "loss_comparison",
+) -> list[dict[str, Any]]:
+    """Every combination of `grid` (dotted params.yaml keys -> values) on top of the project's params and
+    `base`, each trial a nested MLflow run under one sweep run; writes reports/<name>.md and .csv."""
+    project = Path(project_dir).resolve()
+    raw = _with_overrides(yaml.safe_load((project / "params.yaml").read_text()) or {}, base or {})
+    trials = expand_grid(grid)
+    params: list[Params] = [parse_params(_with_overrides(raw, t), f"sweep trial {trial_name(t)}") for t in trials]
+    if len({p.data.dataset for p in params}) != 1:
+        raise CdganError("cdgan-sweep: all trials must share data.dataset (one MLflow experiment per data set)")
+    paths = Paths(project)
+    threads = str(max(1, (os.cpu_count() or 1) // MAX_PARALLEL))  # parallel trials must not oversubscribe cores
+    sweep_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with tracking.sweep_run(params[0], paths, sweep_id, {"grid": grid, "base": base or {}}) as parent_id:
+        env = {
+            "MLFLOW_TRACKING_URI": tracking.tracking_uri(paths),
+            tracking.PARENT_RUN_ENV: parent_id,
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads),
+        }
+        futures = [
+            run_trial.with_options(task_run_name=trial_name(t)).submit(
+                project, project / "sweeps" / sweep_id / trial_name(t), _with_overrides(raw, t), env
+            )
+            for t in trials
+        ]
+        rows = [t | _numeric(f.result()) for t, f in zip(trials, futures, strict=True)]
+        markdown = _write_report(project / "reports", name, rows, [k for k in grid if k not in SEED_KEYS], params[0])
+        tracking.log_artifact(project / "reports" / f"{name}.md", "report")
+        tracking.log_artifact(project / "reports" / f"{name}.csv", "report")
+    create_markdown_artifact(markdown, key=name.replace("_", "-"), description=f"cdgan-sweep {sweep_id}")
+    return rows
+
+
+def _write_report(out: Path, name: str, rows: list[dict[str, Any]], group_by: list[str], params: Params) -> str:
+    metrics = ["fid", "fid_raw"] if params.data.is_image else ["modes", "hq_frac", "modes_raw", "hq_frac_raw"]
+    metrics = [m for m in metrics if any(m in row for row in rows)]
+    summary = summarize(rows, group_by, metrics)
+    write_csv(out / f"{name}_runs.csv", rows)
+    write_csv(out / f"{name}.csv", summary)
+    seeds = sorted({str(row.get("train.seed", "")) for row in rows})
+    markdown = (
+        f"# {name}\n\nData set `{params.data.dataset}`, {len(rows)} runs, train seeds {', '.join(seeds)}; "
+        f"mean ± std over runs sharing the other params.\n\n" + to_markdown(summary, group_by, metrics)
+    )
+    write_atomic(out / f"{name}.md", lambda tmp: tmp.write_text(markdown))
+    return markdown
+
+
+def _key_values(items: list[str]) -> dict[str, list[Any]]:
+    """["train.loss=cd,bce", ...] -> {"train.loss": ["cd", "bce"]}, each value parsed as YAML (numbers stay numbers)."""
+    out = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep:
+            raise CdganError(f"{item!r}: expected KEY=VALUE[,VALUE...], e.g. train.loss=cd,bce")
+        out[key] = [yaml.safe_load(v) for v in values.split(",")]
+    return out
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Run cdgan-pipeline: prepare -> train -> evaluate -> register.")
+    parser = argparse.ArgumentParser(description="Run cdgan-pipeline, or cdgan-sweep with --grid.")
     parser.add_argument("--params", default="params.yaml", help="params file, relative to --project")
     parser.add_argument("--project", default=".", help="project directory holding dvc.yaml")
+    parser.add_argument("--grid", action="append", default=[], help="sweep: KEY=V1,V2 (repeatable)")
+    parser.add_argument("--set", action="append", default=[], help="sweep: KEY=VALUE applied to every trial")
+    parser.add_argument("--name", default="loss_comparison", help="sweep: report name under reports/")
     args = parser.parse_args()
     try:
-        cdgan_pipeline(params_path=args.params, project_dir=args.project)
+        if args.grid:
+            base = {key: values[0] for key, values in _key_values(args.set).items()}
+            cdgan_sweep(grid=_key_values(args.grid), base=base, project_dir=args.project, name=args.name)
+        else:
+            cdgan_pipeline(params_path=args.params, project_dir=args.project)
     except CdganError as err:
-        raise SystemExit(f"cdgan-pipeline: error: {err}") from None  # one line, no traceback
+        raise SystemExit(f"cdgan: error: {err}") from None  # one line, no traceback

@@ -42,10 +42,23 @@ def train(params: ParamsOption = PARAMS_FILE) -> None:
 
 
 @app.command()
-def evaluate(params: ParamsOption = PARAMS_FILE) -> None:
-    """Score the trained generator (FID, or modes for 2-D data); writes metrics/eval.json and a sample picture."""
-    result = stages.evaluate(load_params(params), Paths())
-    console.print(" ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()) + f"; samples in {result.samples_png}")
+def evaluate(
+    params: ParamsOption = PARAMS_FILE,
+    model_uri: Annotated[
+        str | None, typer.Option(help="score this MLflow model (models:/cdgan/3, models:/cdgan@champion) instead")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="JSON file for the metrics of --model-uri (required with it)")
+    ] = None,
+) -> None:
+    """Score the trained generator (evaluate.metrics, or modes for 2-D data): metrics/eval.json and a sample picture.
+
+    With --model-uri, score a logged or registered model on the prepared data instead; its metrics go
+    to --out only, leaving the DVC outputs and the MLflow runs untouched.
+    """
+    result = stages.evaluate(load_params(params), Paths(), model_uri, out)
+    where = f"samples in {result.samples_png}" if result.samples_png else f"metrics in {result.metrics_json}"
+    console.print(" ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()) + f"; {where}")
 
 
 @app.command()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
 from cdgan.errors import CdganError
 
@@ -92,8 +92,30 @@ class SampleParams(_Section):
 
 
 class EvaluateParams(_Section):
-    n_samples: int = Field(2000, gt=0)
-    seed: int = 0
+    """Scores of image models; 2-D data sets always report `modes` and `hq_frac` and use only n_samples and seed."""
+
+    n_samples: int = Field(2000, gt=1)
+    metrics: tuple[Literal["fid", "kid", "precision_recall", "density_coverage", "inception_score"], ...] = ("fid",)
+    feature_extractor: Literal["domain", "inception"] = "domain"  # domain: the classifier `prepare` trains
+    inception_weights: str = "data/inception/pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's file; never fetched
+    kid_subsets: int = Field(100, gt=0)  # KID: mean and std over this many random subsets
+    kid_subset_size: int = Field(1000, gt=1)  # at most min(n_samples, real examples)
+    nearest_k: int = Field(5, gt=0)  # k of the k-NN balls behind precision, recall, density, coverage
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(0, ge=0)
+
+    @field_validator("metrics")
+    @classmethod
+    def _has_fid_once_each(cls, metrics: tuple[str, ...]) -> tuple[str, ...]:
+        if "fid" not in metrics:
+            raise ValueError("must include fid (register ranks image models by it)")
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"lists a metric twice: {list(metrics)}")
+        return metrics
+
+    @field_serializer("metrics")
+    def _as_list(self, metrics: tuple[str, ...]) -> list[str]:
+        return list(metrics)  # as params.yaml writes it; a tuple keeps the frozen section hashable
 
 
 class RegisterParams(_Section):

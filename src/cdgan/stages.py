@@ -5,7 +5,6 @@ The CLI, DVC (through the CLI), Prefect (through DVC) and the tests all call the
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import tempfile
@@ -24,13 +23,14 @@ from cdgan import registry, tracking
 from cdgan.classifier import fit_classifier
 from cdgan.data import build_dataset, load_dataset, mode_centres, save_dataset
 from cdgan.errors import CdganError
-from cdgan.evaluation import FEATURE_EXTRACTOR, build_scorer, load_reference, primary_metric, save_reference
+from cdgan.evaluation import build_scorer, build_suite, primary_metric, save_reference, score_model
 from cdgan.files import load_torch, read_json, save_torch, write_atomic, write_json
 from cdgan.losses import LOSSES
 from cdgan.models import EnergyNet, Generator, build_models
 from cdgan.params import Params, Paths
 from cdgan.pictures import save_curves_png, save_samples_png
 from cdgan.probe import gradient_probe
+from cdgan.report import write_csv
 from cdgan.sampler import draw_samples
 from cdgan.train import checkpoint_dict, fit, init_state, restore_state
 
@@ -55,7 +55,8 @@ class TrainResult:
 @dataclass(frozen=True)
 class EvaluateResult:
     metrics: dict[str, float]
-    samples_png: Path
+    metrics_json: Path
+    samples_png: Path | None  # None for --model-uri, which writes only its metrics file
 
 
 @dataclass(frozen=True)
@@ -90,17 +91,6 @@ def prepare(params: Params, paths: Paths) -> PrepareResult:
         paths.metrics / "prepare.json", summary | ({"classifier_accuracy": accuracy} if accuracy is not None else {})
     )
     return PrepareResult(len(ds.x), ds.shape, accuracy)
-
-
-def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            fields = list(dict.fromkeys(key for row in rows for key in row)) or ["step"]
-            writer = csv.DictWriter(f, fieldnames=fields, restval="")  # rows may miss keys (probe at step 0)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    write_atomic(path, write)
 
 
 def _resume_key(params: Params, dataset: Path) -> str:
@@ -159,7 +149,7 @@ def train(params: Params, paths: Paths) -> TrainResult:
         save_torch(paths.generator, state.sampling_generator.state_dict())
         save_torch(paths.energy, state.energy.state_dict())
         for name, rows in history.items():
-            _write_csv(paths.train_plots / f"{name}.csv", rows)
+            write_csv(paths.train_plots / f"{name}.csv", rows)
             tracking.log_artifact(paths.train_plots / f"{name}.csv", "plots")
         summary = {"mlflow_run_id": run_id, "steps": state.step, "train_seconds": round(seconds, 2)}
         write_json(paths.train_metrics, summary | {k: history["losses"][-1][k] for k in LOSS_KEYS})
@@ -188,45 +178,95 @@ def _load_trained(
     return generator.eval(), energy.eval()
 
 
-def evaluate(params: Params, paths: Paths) -> EvaluateResult:
-    run_id = read_json(paths.train_metrics)["mlflow_run_id"]
+def evaluate(params: Params, paths: Paths, model_uri: str | None = None, out: Path | None = None) -> EvaluateResult:
+    """Score models/ into metrics/eval.json, plots/eval/ and its MLflow run; or, with `model_uri`, any
+    logged or registered sampler into the JSON file `out` only (no DVC output, no MLflow write)."""
+    if (model_uri is None) != (out is None):
+        raise CdganError("--model-uri and --out go together: a registered model's metrics go to --out only")
+    if out is not None and out.resolve() == paths.eval_metrics.resolve():
+        raise CdganError(f"--out {out} is the evaluate stage's DVC output; write the metrics elsewhere")
+    run_id = read_json(paths.train_metrics)["mlflow_run_id"] if model_uri is None else None
     real = load_dataset(paths.dataset)
-    scorer = build_scorer(params.data.dataset, real, paths.classifier)
-    generator, energy = _load_trained(params, paths, real.shape)
     ev = params.evaluate
-    x_raw = draw_samples(generator, energy, ev.n_samples, ev.seed)
-    x_out = draw_samples(generator, energy, ev.n_samples, ev.seed, **params.sample.model_dump())
-    metrics = scorer(x_out) | {f"{k}_raw": v for k, v in scorer(x_raw).items()}
-    if params.data.is_image:
-        metrics["classifier_accuracy"] = load_reference(paths.classifier).accuracy
+    device = _evaluate_device(ev.device)
+    suite = build_suite(params.data.dataset, real, paths.classifier, ev, device)  # checks params against the data
+    if model_uri is None:
+        generator, energy = _load_trained(params, paths, real.shape)
+        sampling = params.sample.model_dump()
+    else:
+        generator, energy, sampling = _load_registered(paths, model_uri, real.shape)
+    evaluation = score_model(suite, generator.to(device), energy.to(device), sampling)
+    metrics = evaluation.metrics
+    info = {"dataset": params.data.dataset, "feature_extractor": suite.feature_extractor, "n_samples": ev.n_samples}
+    if model_uri is not None:
+        write_json(out, metrics | info | {"model_uri": model_uri})
+        return EvaluateResult(metrics, out, None)
     centres = None if params.data.is_image else mode_centres(params.data.dataset)[0]
     title = f"{params.train.loss} k={params.train.cd_k}, {params.sample.langevin_steps} Langevin steps"
-    png = save_samples_png(paths.eval_plots / "samples.png", x_out[:2500], centres, title)
+    png = save_samples_png(paths.eval_plots / "samples.png", evaluation.preview, centres, title)
     with tracking.tracked_run(params, paths, run_id):
         tracking.log_metrics(None, metrics)
         tracking.log_artifact(png, "samples")
-    info = {"dataset": params.data.dataset, "feature_extractor": FEATURE_EXTRACTOR, "mlflow_run_id": run_id}
-    write_json(paths.eval_metrics, metrics | {"n_samples": ev.n_samples} | info)
-    return EvaluateResult(metrics, png)
+    write_json(paths.eval_metrics, metrics | info | {"mlflow_run_id": run_id})
+    return EvaluateResult(metrics, paths.eval_metrics, png)
+
+
+def _evaluate_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CdganError("evaluate.device=cuda but no CUDA GPU is visible; use device: auto or cpu")
+    return resolve_device(name)
+
+
+def _load_registered(
+    paths: Paths, model_uri: str, data_shape: tuple[int, ...]
+) -> tuple[Generator, EnergyNet, dict[str, Any]]:
+    """Networks and Langevin settings of a logged or registered sampler that fits the prepared data."""
+    tracking.connect(paths)
+    bundle = registry.load_sampler(model_uri)
+    if tuple(bundle.generator.data_shape) != tuple(data_shape):
+        raise CdganError(
+            f"{model_uri} samples shape {tuple(bundle.generator.data_shape)} but {paths.dataset} holds "
+            f"{tuple(data_shape)}: evaluate it in a project prepared with its data set"
+        )
+    sampling = {"langevin_steps": bundle.langevin_steps, "step_size": bundle.step_size, "noise": bundle.noise}
+    return bundle.generator, bundle.energy, sampling
 
 
 def register(params: Params, paths: Paths, force: bool = False) -> RegisterResult:
+    """Log the sampler into the training run and register a version of `register.model_name`, gated by
+    `registry.register_version` on the evaluation's primary metric, data set, data hash and feature extractor.
+
+    The version is tagged with the lineage (git_commit, git_dirty, dvc_lock_sha256, data_sha256: the
+    sha256 of data/prepared/dataset.npz, mlflow_run_id), every number in metrics/eval.json and `forced`;
+    its model holds the params (MLmodel metadata) and the sample grid. The version exists only from here
+    on, so it goes back into the run as tags model_name, model_version, model_alias and into
+    metrics/register.json, not into metrics/eval.json.
+    """
     run_id = read_json(paths.train_metrics)["mlflow_run_id"]
     evaluation = read_json(paths.eval_metrics)
+    picture = paths.eval_plots / "samples.png"
+    if not picture.exists():
+        raise CdganError(f"{picture}: not found; run the evaluate stage first (dvc repro)")
     metric, lower_is_better = primary_metric(params.data.is_image)
     real_shape = load_dataset(paths.dataset).shape
     generator, energy = _load_trained(params, paths, real_shape)
     sampling = params.sample.model_dump()
-    comparable = {"dataset": evaluation["dataset"], "feature_extractor": evaluation["feature_extractor"]}
+    data_sha256 = hashlib.sha256(paths.dataset.read_bytes()).hexdigest()
+    comparable = {"dataset": evaluation["dataset"], "feature_extractor": evaluation["feature_extractor"],
+                  "data_sha256": data_sha256}  # fmt: skip
+    scores = {key: str(value) for key, value in evaluation.items() if type(value) in (int, float)}
+    name = params.register.model_name
     with tempfile.TemporaryDirectory() as tmp, tracking.tracked_run(params, paths, run_id):
         bundle = registry.save_bundle(
             Path(tmp) / "bundle.pt", params.model, real_shape, generator.state_dict(), energy.state_dict(), sampling
         )
-        model_uri = registry.log_sampler(bundle)
+        model_uri = registry.log_sampler(bundle, tracking.flat_params(params), picture)
+        tags = scores | tracking.lineage_tags(paths.root) | {"mlflow_run_id": run_id}
         reg = registry.register_version(
-            model_uri, params.register.model_name, metric, evaluation[metric], lower_is_better, comparable,
-            params.register.min_improvement, force,
+            model_uri, name, metric, evaluation[metric], lower_is_better, comparable,
+            params.register.min_improvement, force, tags,
         )  # fmt: skip
+        tracking.set_tags({"model_name": name, "model_version": str(reg.version), "model_alias": reg.alias})
     write_json(
         paths.register_metrics,
         {"model_name": params.register.model_name, "version": reg.version, "alias": reg.alias,
@@ -281,7 +321,7 @@ def probe(params: Params, paths: Paths, losses: list[str], critic_steps: list[in
     device = resolve_device(params.train.device)
     rows = gradient_probe(torch.from_numpy(real.x).to(device), params.model, params.train, losses, critic_steps)
     csv_path = out_dir / "gradient_probe.csv"
-    _write_csv(csv_path, rows)
+    write_csv(csv_path, rows)
     title = f"{params.data.dataset}: generator gradient vs energy-net steps (frozen G)"
     png = save_curves_png(
         out_dir / "gradient_probe.png", rows, "critic_steps", "grad_norm_g", "loss", title, log_y=True

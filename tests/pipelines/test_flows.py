@@ -69,3 +69,49 @@ def test_bad_param_fails_before_any_task(tmp_path: Path) -> None:
     assert isinstance(error, CdganError) and "train.cd_k" in str(error), error
     assert task_runs(state.state_details.flow_run_id) == []
     assert not (project / "metrics" / "train.json").exists()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_sweep_runs_every_trial_nested_under_one_mlflow_run_and_writes_the_report(
+    tmp_path: Path, mlflow_uri: str
+) -> None:
+    # given a project on the 2-D grid and a 2 x 2 sweep (two losses, two seeds)
+    raw = tiny_raw(data={"dataset": "grid25", "n_points": 500}, train={"eval_every": 0})
+    project = make_project(tmp_path / "project", raw)
+    grid = {"train.loss": ["cd", "bce"], "train.seed": [0, 1]}
+
+    # when the sweep flow runs
+    state = flows.cdgan_sweep(grid=grid, project_dir=str(project), name="tiny_comparison", return_state=True)
+
+    # then four trials ran, each a DVC pipeline of its own, and the report groups them by loss over seeds
+    assert state.is_completed(), state.message
+    rows = state.result()
+    assert [(r["train.loss"], r["train.seed"]) for r in rows] == [("cd", 0), ("cd", 1), ("bce", 0), ("bce", 1)]
+    assert all(0 <= r["modes"] <= 25 and 0 <= r["hq_frac"] <= 1 for r in rows)
+    report = (project / "reports" / "tiny_comparison.md").read_text()
+    table = [line for line in report.splitlines() if line.startswith("| cd") or line.startswith("| bce")]
+    assert len(table) == 2 and all("| 2 |" in line for line in table), report
+    summary = (project / "reports" / "tiny_comparison.csv").read_text().splitlines()
+    assert summary[0].startswith("train.loss,n,modes_mean,modes_std"), summary[0]
+
+    # and MLflow holds one sweep run with the four trial runs as children, named by loss, k and seed
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["cdgan-grid25"], output_format="list")
+    parents = [
+        r for r in runs if r.data.tags.get("cdgan.kind") == "sweep" and r.info.run_name.startswith("tiny_comparison")
+    ]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["bce-k2-s0", "bce-k2-s1", "cd-k2-s0", "cd-k2-s1"]
+    assert {a.path for a in mlflow.MlflowClient().list_artifacts(parents[0].info.run_id, "report")} >= {
+        "report/tiny_comparison.md"
+    }
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_sweep_with_a_bad_value_fails_before_any_trial(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project", tiny_raw())
+    with pytest.raises(CdganError, match=r"sweep trial cd_k=-1.*train\.cd_k"):
+        flows.cdgan_sweep(grid={"train.cd_k": [1, -1]}, project_dir=str(project))
+    assert not (project / "sweeps").exists()
