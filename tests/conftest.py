@@ -28,7 +28,7 @@ BIN = Path(sys.executable).parent  # the venv's bin: cdgan and dvc for subproces
 TINY = {
     "data": {"dataset": "digits", "classifier_epochs": 1},
     "train": {"steps": 20, "log_every": 5, "eval_every": 10, "checkpoint_every": 10, "device": "cpu", "cd_k": 2},
-    "evaluate": {"n_samples": 200},
+    "evaluate": {"n_samples": 200, "kid_subset_size": 100, "kid_subsets": 10},
 }
 
 

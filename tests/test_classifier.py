@@ -160,3 +160,21 @@ def test_a_weights_file_of_another_network_is_refused(tmp_path: Path) -> None:
     torch.save(Classifier(channels=1, n_classes=10).state_dict(), path)
     with pytest.raises(CdganError, match="not pytorch-fid's FID Inception weights"):
         load_fid_inception(path)
+
+
+def test_stacked_classifier_classes_are_the_per_channel_digits() -> None:
+    from cdgan.classifier import StackedClassifier, classifier_from_config
+
+    # given a digit classifier and images whose three channels are three digit images
+    digit = Classifier(1, 10, width=4).eval()
+    stacked = StackedClassifier(digit, 3).eval()
+    x = torch.rand(5, 3, 8, 8) * 2 - 1
+    # when both classify
+    features, joint = stacked.embed(x)
+    per_channel = torch.stack([digit(x[:, c : c + 1]).argmax(1) for c in range(3)], 1)  # (5, 3)
+    # then the joint class is 100 a + 10 b + c, probabilities sum to 1, features sit side by side
+    assert joint.shape == (5, 1000) and features.shape == (5, 3 * stacked.digit.feature_dim)
+    assert torch.equal(joint.argmax(1), per_channel[:, 0] * 100 + per_channel[:, 1] * 10 + per_channel[:, 2])
+    torch.testing.assert_close(joint.exp().sum(1), torch.ones(5))
+    rebuilt = classifier_from_config(stacked.config())
+    assert isinstance(rebuilt, StackedClassifier) and rebuilt.n_classes == 1000

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -68,8 +69,11 @@ def test_mlflow_run_has_params_metrics_picture_and_lineage(dvc_repo: Path, dvc_p
     got = client.get_run(run_id)
     assert got.info.status == "FINISHED"
     assert got.data.params["train.loss"] == "cd" and got.data.params["train.cd_k"] == "2"
-    assert {"fid", "loss_e", "loss_g", "grad_norm_g"} <= set(got.data.metrics)
+    assert {"fid", "train/fid", "loss_e", "loss_g", "grad_norm_g"} <= set(got.data.metrics)
     assert len(client.get_metric_history(run_id, "loss_e")) == 20 // 5, "per-step losses"
+    assert [m.step for m in client.get_metric_history(run_id, "train/fid")] == [10, 20], "FID over training"
+    evaluated = json.loads(dvc_paths.eval_metrics.read_text())["fid"]
+    assert got.data.metrics["fid"] == pytest.approx(evaluated), "the run's fid is evaluate's, not training's last"
     commit = run(["git", "rev-parse", "HEAD"], dvc_repo).stdout.strip()
     assert got.data.tags["git_commit"] == commit
     artifacts = {a.path for a in client.list_artifacts(run_id, "samples")}

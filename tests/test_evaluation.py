@@ -4,6 +4,7 @@ extractors' errors, and `cdgan evaluate` (with --model-uri) on a tiny trained pr
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -234,3 +235,12 @@ def test_evaluate_model_uri_refuses_to_touch_dvc_outputs(
 def test_evaluate_metrics_are_checked_when_params_load(metrics: list[str], message: str) -> None:
     with pytest.raises(CdganError, match=message):
         parse_params({"evaluate": {"metrics": metrics}})
+
+
+def test_class_coverage_counts_modes_and_kl_to_uniform() -> None:
+    from cdgan.evaluation import class_coverage
+
+    uniform = class_coverage(torch.arange(10).repeat(3), 10)
+    assert uniform == {"modes": 10.0, "kl": pytest.approx(0.0, abs=1e-12)}
+    collapsed = class_coverage(torch.zeros(30, dtype=torch.long), 10)
+    assert collapsed["modes"] == 1.0 and collapsed["kl"] == pytest.approx(math.log(10))

@@ -48,8 +48,51 @@ class Classifier(nn.Module):
         features = self.features(x)
         return features, self.head(features)
 
+    @property
+    def feature_dim(self) -> int:
+        return FEATURE_DIM
+
     def config(self) -> dict[str, int]:
         return {"channels": self.channels, "n_classes": self.n_classes, "width": self.width}
+
+
+class StackedClassifier(nn.Module):
+    """A one-channel digit classifier applied to each channel of a stacked image (stacked MNIST protocol).
+
+    Features are the per-channel features side by side; the class is the tuple of per-channel digits,
+    e.g. 3 channels of 10 digits give 1000 classes, with log p(a, b, c) = log p(a) + log p(b) + log p(c).
+    """
+
+    def __init__(self, digit: Classifier, stacked: int) -> None:
+        super().__init__()
+        self.digit, self.stacked = digit, stacked
+        self.n_classes = digit.n_classes**stacked
+
+    @property
+    def feature_dim(self) -> int:
+        return FEATURE_DIM * self.stacked
+
+    def embed(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        b, c, h, w = x.shape  # (B, stacked, H, W)
+        features, logits = self.digit.embed(x.reshape(b * c, 1, h, w))
+        log_p = F.log_softmax(logits, 1).reshape(b, c, -1)  # (B, stacked, n_digits)
+        joint = log_p[:, 0]
+        for channel in range(1, c):  # outer sum: (B, n^k) joint log-probabilities, first channel most significant
+            joint = (joint[:, :, None] + log_p[:, channel][:, None, :]).reshape(b, -1)
+        return features.reshape(b, -1), joint
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.embed(x)[1]
+
+    def config(self) -> dict[str, int]:
+        return self.digit.config() | {"stacked": self.stacked}
+
+
+def classifier_from_config(config: dict[str, int]) -> Classifier | StackedClassifier:
+    config = dict(config)
+    stacked = config.pop("stacked", 0)
+    digit = Classifier(**config)
+    return StackedClassifier(digit, stacked) if stacked else digit
 
 
 def fit_classifier(x: Tensor, y: Tensor, epochs: int, seed: int, batch_size: int = 128) -> tuple[Classifier, float]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cdgan.classifier import FEATURE_DIM, INCEPTION_DIM, Classifier, load_fid_inception
+from cdgan.classifier import INCEPTION_DIM, Classifier, StackedClassifier, classifier_from_config, load_fid_inception
 from cdgan.data import Dataset, mode_centres
 from cdgan.errors import CdganError
 from cdgan.files import load_torch, save_torch
@@ -39,6 +39,7 @@ from cdgan.params import EvaluateParams
 from cdgan.sampler import draw_samples
 
 Scorer = Callable[[Tensor], dict[str, float]]
+DomainClassifier = Classifier | StackedClassifier
 BATCH = 500  # samples drawn, featurized and accumulated at a time; fixed, as each batch has its own seed
 PREVIEW = 2500  # model samples kept for the picture
 _FEATURE_BATCH = 100  # images per feature-network call: Inception's activations at 299 px are ~10 MB an image
@@ -49,21 +50,21 @@ _REAL_FEATURE_METRICS = ("kid", "precision_recall", "density_coverage")
 class Reference:
     """The domain classifier and the real-data feature statistics it yields (the FID reference)."""
 
-    classifier: Classifier
+    classifier: DomainClassifier
     mu: np.ndarray
     sigma: np.ndarray
     accuracy: float
 
 
-def feature_stats(classifier: Classifier, x: Tensor, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    stats = FeatureStats(FEATURE_DIM)
+def feature_stats(classifier: DomainClassifier, x: Tensor, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    stats = FeatureStats(classifier.feature_dim)
     with torch.no_grad():
         for batch in x.split(batch_size):
-            stats.update(classifier.features(batch))
+            stats.update(classifier.embed(batch)[0])
     return stats.compute()
 
 
-def save_reference(path: Path, classifier: Classifier, real: Tensor, accuracy: float) -> Reference:
+def save_reference(path: Path, classifier: DomainClassifier, real: Tensor, accuracy: float) -> Reference:
     mu, sigma = feature_stats(classifier, real)
     save_torch(
         path,
@@ -80,7 +81,7 @@ def save_reference(path: Path, classifier: Classifier, real: Tensor, accuracy: f
 
 def load_reference(path: Path) -> Reference:
     saved = load_torch(path, "domain classifier")
-    classifier = Classifier(**saved["config"])
+    classifier = classifier_from_config(saved["config"])
     classifier.load_state_dict(saved["state_dict"])
     classifier.eval()
     return Reference(classifier, saved["mu"].numpy(), saved["sigma"].numpy(), float(saved["accuracy"]))
@@ -131,7 +132,8 @@ class FeatureExtractor:
 def build_extractor(ev: EvaluateParams, reference: Reference, device: torch.device) -> FeatureExtractor:
     """The extractor `evaluate.feature_extractor` names; CdganError when Inception's weights file is missing."""
     if ev.feature_extractor == "domain":
-        return FeatureExtractor("domain", FEATURE_DIM, reference.classifier.n_classes, reference.classifier.to(device))
+        classifier = reference.classifier
+        return FeatureExtractor("domain", classifier.feature_dim, classifier.n_classes, classifier.to(device))
     return FeatureExtractor("inception", INCEPTION_DIM, 1008, load_fid_inception(Path(ev.inception_weights)).to(device))
 
 
@@ -220,6 +222,13 @@ def sample_batches(
         yield x_raw, draw_samples(generator, energy, size, batch_seed, **sampling) if is_refined else x_raw
 
 
+def class_coverage(labels: Tensor, n_classes: int) -> dict[str, float]:
+    """Mode collapse in class space: classes hit (`modes`, of n_classes) and KL(class histogram || uniform)."""
+    p = torch.bincount(labels, minlength=n_classes).double() / len(labels)
+    nonzero = p[p > 0]
+    return {"modes": float(len(nonzero)), "kl": float((nonzero * (nonzero * n_classes).log()).sum())}
+
+
 def score_model(suite: Suite, generator: Generator, energy: EnergyNet | None, sampling: dict) -> Evaluation:
     """The metrics `suite` asks for, of the model output (G(z) refined as `sampling` says) and of raw G(z)."""
     ev = suite.ev
@@ -233,10 +242,11 @@ def score_model(suite: Suite, generator: Generator, energy: EnergyNet | None, sa
     extractor, is_refined = suite.extractor, energy is not None and sampling["langevin_steps"] > 0
     stats_out, stats_raw = (FeatureStats(extractor.dim).to(extractor.device) for _ in range(2))
     inception_score = InceptionScore(extractor.n_classes).to(extractor.device)
-    kept, preview = [], []
+    kept, preview, labels = [], [], []
     for x_raw, x_out in batches:
         features, logits = extractor(x_out)
         stats_out.update(features)
+        labels.append(logits.argmax(1).cpu())
         if is_refined:
             stats_raw.update(extractor(x_raw)[0])
         if "inception_score" in ev.metrics:
@@ -249,6 +259,7 @@ def score_model(suite: Suite, generator: Generator, energy: EnergyNet | None, sa
     metrics = {"fid": fid, "fid_raw": frechet_distance(*stats_raw.compute(), *suite.real_stats) if is_refined else fid}
     if "inception_score" in ev.metrics:
         metrics["inception_score"] = inception_score.compute()
+    metrics |= class_coverage(torch.cat(labels), extractor.n_classes)
     real, fake = suite.real_features, torch.cat(kept) if kept else None
     if "kid" in ev.metrics:
         kid, kid_std = kernel_inception_distance(real, fake, ev.kid_subsets, ev.kid_subset_size, ev.seed)

@@ -20,7 +20,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cdgan import registry, tracking
-from cdgan.classifier import fit_classifier
+from cdgan.classifier import StackedClassifier, fit_classifier
 from cdgan.data import build_dataset, load_dataset, mode_centres, save_dataset
 from cdgan.errors import CdganError
 from cdgan.evaluation import build_scorer, build_suite, primary_metric, save_reference, score_model
@@ -79,9 +79,13 @@ def prepare(params: Params, paths: Paths) -> PrepareResult:
     ds = build_dataset(params.data)
     accuracy = None
     if params.data.is_image:
+        # stacked-digits: a digit classifier on the plain digits, applied per channel (1000 classes)
+        labelled = build_dataset(params.data.model_copy(update={"dataset": "digits"})) if ds.is_stacked else ds
         classifier, accuracy = fit_classifier(
-            torch.from_numpy(ds.x), torch.from_numpy(ds.y), params.data.classifier_epochs, params.data.seed
+            torch.from_numpy(labelled.x), torch.from_numpy(labelled.y), params.data.classifier_epochs, params.data.seed
         )
+        if ds.is_stacked:
+            classifier = StackedClassifier(classifier, ds.shape[0])
         save_reference(paths.classifier, classifier, torch.from_numpy(ds.x), accuracy)
     else:
         paths.classifier.unlink(missing_ok=True)
@@ -139,8 +143,10 @@ def train(params: Params, paths: Paths) -> TrainResult:
                 "mlflow_run_id": run_id, "history": history}  # fmt: skip
 
         def log(step: int, values: dict[str, float]) -> None:
-            history["losses" if "loss_e" in values else "scores"].append({"step": step} | values)
-            tracking.log_metrics(step, values)
+            is_loss = "loss_e" in values
+            history["losses" if is_loss else "scores"].append({"step": step} | values)
+            # scores during training (raw G(z), fewer samples) must not shadow evaluate's `fid` in MLflow
+            tracking.log_metrics(step, values if is_loss else {f"train/{k}": v for k, v in values.items()})
             progress.update(task, completed=step, info=" ".join(f"{k}={v:.3g}" for k, v in values.items()))
 
         fit(state, x_data, params.train, log, score, resume_path, meta)
