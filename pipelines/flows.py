@@ -133,11 +133,13 @@ def cdgan_sweep(
     base: dict[str, Any] | None = None,
     project_dir: str = ".",
     name: str = "loss_comparison",
+    params_path: str = "params.yaml",
 ) -> list[dict[str, Any]]:
-    """Every combination of `grid` (dotted params.yaml keys -> values) on top of the project's params and
-    `base`, each trial a nested MLflow run under one sweep run; writes reports/<name>.md and .csv."""
+    """Every combination of `grid` (dotted params.yaml keys -> values) on top of `params_path` (relative to
+    the project: params.yaml or a preset) and `base`, each trial a nested MLflow run under one sweep run;
+    writes reports/<name>.md and .csv."""
     project = Path(project_dir).resolve()
-    raw = _with_overrides(yaml.safe_load((project / "params.yaml").read_text()) or {}, base or {})
+    raw = _with_overrides(yaml.safe_load((project / params_path).read_text()) or {}, base or {})
     trials = expand_grid(grid)
     params: list[Params] = [parse_params(_with_overrides(raw, t), f"sweep trial {trial_name(t)}") for t in trials]
     if len({p.data.dataset for p in params}) != 1:
@@ -151,22 +153,30 @@ def cdgan_sweep(
             tracking.PARENT_RUN_ENV: parent_id,
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads),
         }
+        workspaces = [project / "sweeps" / sweep_id / trial_name(t) for t in trials]
         futures = [
-            run_trial.with_options(task_run_name=trial_name(t)).submit(
-                project, project / "sweeps" / sweep_id / trial_name(t), _with_overrides(raw, t), env
-            )
-            for t in trials
+            run_trial.with_options(task_run_name=trial_name(t)).submit(project, w, _with_overrides(raw, t), env)
+            for t, w in zip(trials, workspaces, strict=True)
         ]
         rows = [t | _numeric(f.result()) for t, f in zip(trials, futures, strict=True)]
-        markdown = _write_report(project / "reports", name, rows, [k for k in grid if k not in SEED_KEYS], params[0])
+        for t, workspace in zip(trials, workspaces, strict=True):  # the pictures beside the table
+            (project / "reports" / name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(
+                workspace / "plots" / "eval" / "samples.png", project / "reports" / name / f"{trial_name(t)}.png"
+            )
+        group_by = [k for k in grid if k not in SEED_KEYS]
+        markdown = _write_report(project / "reports", name, rows, group_by, params[0], [trial_name(t) for t in trials])
         tracking.log_artifact(project / "reports" / f"{name}.md", "report")
         tracking.log_artifact(project / "reports" / f"{name}.csv", "report")
     create_markdown_artifact(markdown, key=name.replace("_", "-"), description=f"cdgan-sweep {sweep_id}")
     return rows
 
 
-def _write_report(out: Path, name: str, rows: list[dict[str, Any]], group_by: list[str], params: Params) -> str:
-    metrics = ["fid", "fid_raw"] if params.data.is_image else ["modes", "hq_frac", "modes_raw", "hq_frac_raw"]
+def _write_report(
+    out: Path, name: str, rows: list[dict[str, Any]], group_by: list[str], params: Params, trials: list[str]
+) -> str:
+    image_metrics = ["fid", "fid_raw", "kid", "recall", "coverage", "modes", "kl"]
+    metrics = image_metrics if params.data.is_image else ["modes", "hq_frac", "modes_raw", "hq_frac_raw"]
     metrics = [m for m in metrics if any(m in row for row in rows)]
     summary = summarize(rows, group_by, metrics)
     write_csv(out / f"{name}_runs.csv", rows)
@@ -174,7 +184,10 @@ def _write_report(out: Path, name: str, rows: list[dict[str, Any]], group_by: li
     seeds = sorted({str(row.get("train.seed", "")) for row in rows})
     markdown = (
         f"# {name}\n\nData set `{params.data.dataset}`, {len(rows)} runs, train seeds {', '.join(seeds)}; "
-        f"mean ± std over runs sharing the other params.\n\n" + to_markdown(summary, group_by, metrics)
+        f"mean ± std over runs sharing the other params.\n\n"
+        + to_markdown(summary, group_by, metrics)
+        + "\n## Samples (model output)\n\n"
+        + "".join(f"{trial}\n\n![{trial}]({name}/{trial}.png)\n\n" for trial in trials)
     )
     write_atomic(out / f"{name}.md", lambda tmp: tmp.write_text(markdown))
     return markdown
@@ -193,7 +206,7 @@ def _key_values(items: list[str]) -> dict[str, list[Any]]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Run cdgan-pipeline, or cdgan-sweep with --grid.")
-    parser.add_argument("--params", default="params.yaml", help="params file, relative to --project")
+    parser.add_argument("--params", default="params.yaml", help="params file (or preset), relative to --project")
     parser.add_argument("--project", default=".", help="project directory holding dvc.yaml")
     parser.add_argument("--grid", action="append", default=[], help="sweep: KEY=V1,V2 (repeatable)")
     parser.add_argument("--set", action="append", default=[], help="sweep: KEY=VALUE applied to every trial")
@@ -202,7 +215,7 @@ if __name__ == "__main__":
     try:
         if args.grid:
             base = {key: values[0] for key, values in _key_values(args.set).items()}
-            cdgan_sweep(grid=_key_values(args.grid), base=base, project_dir=args.project, name=args.name)
+            cdgan_sweep(_key_values(args.grid), base, args.project, args.name, args.params)
         else:
             cdgan_pipeline(params_path=args.params, project_dir=args.project)
     except CdganError as err:

@@ -150,3 +150,10 @@ def test_paths_are_fixed_under_root(tmp_path: Path) -> None:
 
 def test_paths_default_root_is_the_working_directory() -> None:
     assert Paths().generator == Path("models/generator.pt")
+
+
+def test_params_yaml_lists_every_knob_so_it_documents_them_all() -> None:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = load_params(REPO / "params.yaml")
+    missing = {s: sorted(set(getattr(params, s).model_dump()) - set(raw[s])) for s in raw}
+    assert not any(missing.values()), f"keys with a default but no line in params.yaml: {missing}"
