@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run test lint format bench serve clean
+.PHONY: setup run test test-slow lint format bench serve clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ run: setup  ## the whole pipeline on the embedded digits data: prepare -> train 
 test: setup  ## lint, then the pytest suite (CPU, a few minutes)
 	ruff check .
 	pytest
+
+test-slow: setup  ## the slow quality tests (minutes of training): grid25 mode coverage
+	pytest -m slow
 
 lint: setup
 	ruff format --check .
