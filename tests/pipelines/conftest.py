@@ -1,12 +1,36 @@
-"""Prefect fixtures: one temporary Prefect server and home for the whole test session."""
+"""Prefect fixtures: the in-process test harness, and real `prefect server` and `mlflow server` processes
+on free loopback ports for the tests that drive deployments through a worker."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import requests
 from prefect.settings import PREFECT_HOME, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
+
+from tests.conftest import BIN
+
+STARTUP_SECONDS = 180  # a cold `prefect server start` migrates its database; slow on a busy 2-core machine
+STOP_SECONDS = 15  # after SIGTERM, before the process group gets SIGKILL
+
+
+@dataclass(frozen=True)
+class Server:
+    """A server process on 127.0.0.1: its URL and the environment that points a client process at it."""
+
+    url: str
+    env: dict[str, str]
+    log: Path
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +42,82 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         # prefect reads its settings once at import, so the running process needs them set too
         with temporary_settings({PREFECT_HOME: home}), prefect_test_harness(server_startup_timeout=120):
             yield
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def client_env(*servers: Server, **extra: str) -> dict[str, str]:
+    """This process's environment, the venv's bin first on PATH, pointed at `servers`."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    for server in servers:
+        env |= server.env
+    return env | extra
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group, SIGKILL to whatever of it is left after STOP_SECONDS."""
+    with suppress(ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(STOP_SECONDS)
+    with suppress(ProcessLookupError):  # children (uvicorn, gunicorn workers) can outlive their leader
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@contextmanager
+def serving(cmd: list[str], health: str, log: Path, env: dict[str, str]) -> Iterator[None]:
+    """Run `cmd` in its own process group until `health` answers 200; always stop the whole group."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{cmd[0]} exited ({proc.returncode}) before serving:\n{log.read_text()[-3000:]}")
+            try:
+                if requests.get(health, timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{health} not healthy after {STARTUP_SECONDS}s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield
+    finally:
+        stop_group(proc)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real `prefect server start` (SQLite under its own temporary PREFECT_HOME) on a free port.
+
+    Its environment goes to the subprocesses that use it (prefect CLI, worker, flow runs); this process's
+    settings are left alone, so it runs beside `prefect_harness`.
+    """
+    home = tmp_path_factory.mktemp("prefect-server-home")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    server = Server(api, {"PREFECT_API_URL": api, "PREFECT_HOME": str(home)}, home / "server.log")
+    env = client_env(server, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"]
+    with serving(cmd, f"{api}/health", server.log, env):
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real `mlflow server` on a free port: SQLite backend, artifacts proxied into a temporary folder."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = Server(uri, {"MLFLOW_TRACKING_URI": uri}, root / "server.log")
+    cmd = [
+        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+    ]  # fmt: skip
+    with serving(cmd, f"{uri}/health", server.log, client_env()):
+        yield server

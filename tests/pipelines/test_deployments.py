@@ -1,0 +1,144 @@
+"""The deployments in prefect.yaml as users run them: `prefect deploy`, `prefect deployment run` and a process
+worker, against a real `prefect server` and a real `mlflow server` on loopback ports."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import UUID, uuid4
+
+import pytest
+import yaml
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import FlowRun
+
+from tests.conftest import REPO, make_project, run, tiny_raw
+from tests.pipelines.conftest import Server, client_env, stop_group
+
+POOL = "cdgan-local"  # the work pool named in prefect.yaml
+DEPLOYMENT = "cdgan-pipeline/daily"
+WORKER_SECONDS = 300  # one tiny pipeline run through DVC, on a busy 2-core machine
+
+
+@dataclass(frozen=True)
+class Deployed:
+    project: Path
+    env: dict[str, str]  # prefect CLI, worker and flow runs: the two servers and CDGAN_PROJECT_DIR
+    prefect: Server
+    mlflow: Server
+    model_name: str
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory, prefect_server: Server, mlflow_server: Server) -> Deployed:
+    """A fresh project with the repo's prefect.yaml and pipelines/, its work pool and deployments created."""
+    model_name = f"cdgan-deploy-{uuid4().hex[:8]}"
+    project = make_project(
+        tmp_path_factory.mktemp("deployed") / "project", tiny_raw(register={"model_name": model_name})
+    )
+    shutil.copy(REPO / "prefect.yaml", project / "prefect.yaml")
+    shutil.copytree(REPO / "pipelines", project / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "deployments"], project)
+    env = client_env(prefect_server, mlflow_server, CDGAN_PROJECT_DIR=str(project))
+    run(["prefect", "work-pool", "create", POOL, "--type", "process"], project, env=env)
+    run(["prefect", "--no-prompt", "deploy", "--all"], project, env=env)
+    return Deployed(project, env, prefect_server, mlflow_server, model_name)
+
+
+def trigger(deployed: Deployed, **params: str) -> UUID:
+    """`prefect deployment run` with `--param` for each of `params`; the new flow run's id."""
+    flags = [arg for key, value in params.items() for arg in ("--param", f"{key}={value}")]
+    out = run(["prefect", "deployment", "run", DEPLOYMENT, *flags], deployed.project, env=deployed.env).stdout
+    found = re.search(r"UUID: ([0-9a-f-]{36})", out)
+    assert found, out
+    return UUID(found[1])
+
+
+def work_once(deployed: Deployed, cwd: Path) -> str:
+    """`prefect worker start --run-once` from `cwd`: takes the scheduled runs, returns when they end."""
+    cmd = ["prefect", "worker", "start", "--pool", POOL, "--run-once", "--limit", "1"]
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=deployed.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, _ = proc.communicate(timeout=WORKER_SECONDS)
+    except subprocess.TimeoutExpired:
+        stop_group(proc)
+        raise AssertionError(f"worker still running after {WORKER_SECONDS}s:\n{proc.communicate()[0]}") from None
+    finally:
+        stop_group(proc)  # the worker's flow-run subprocesses too, whatever happened
+    assert proc.returncode == 0, out
+    return out
+
+
+def flow_run(deployed: Deployed, flow_run_id: UUID) -> tuple[FlowRun, list[str]]:
+    """The flow run as the server has it, and the names of its task runs."""
+    with SyncPrefectClient(deployed.prefect.url) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return flow_run, [task.name for task in tasks]
+
+
+def all_runs(deployed: Deployed) -> list:
+    client = MlflowClient(tracking_uri=deployed.mlflow.url)
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    return client.search_runs(experiments, run_view_type=ViewType.ALL)
+
+
+def test_prefect_yaml_declares_the_pool_it_is_tested_with() -> None:
+    deployments = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
+    assert deployments["daily"]["work_pool"]["name"] == POOL
+    assert deployments["daily"]["entrypoint"] == "pipelines/flows.py:cdgan_pipeline"
+
+
+def test_triggered_deployment_run_completes_through_a_worker(deployed: Deployed, tmp_path: Path) -> None:
+    # given the project's deployments on a real server, and a run of cdgan-pipeline/daily triggered from the CLI
+    flow_run_id = trigger(deployed)
+
+    # when a process worker, started away from the project, takes it
+    log = work_once(deployed, tmp_path)
+
+    # then the run completed on the server, every stage a task, in the project named by CDGAN_PROJECT_DIR
+    state, tasks = flow_run(deployed, flow_run_id)
+    assert state.state.is_completed(), f"{state.state.name}: {state.state.message}\n{log}"
+    assert sorted(tasks) == sorted(["prepare", "train", "evaluate", "register"]), tasks
+    status = run(["dvc", "status"], deployed.project).stdout
+    assert "Data and pipelines are up to date" in status, status
+
+    # and the MLflow server holds the finished run and a version of the model registered from it
+    run_id = yaml.safe_load((deployed.project / "metrics" / "train.json").read_text())["mlflow_run_id"]
+    client = MlflowClient(tracking_uri=deployed.mlflow.url)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    versions = client.search_model_versions(f"name = '{deployed.model_name}'")
+    assert [v.run_id for v in versions] == [run_id], versions
+    assert "fid" in client.get_run(run_id).data.metrics
+
+
+def test_bad_run_parameter_fails_before_any_task_and_leaves_no_mlflow_run(deployed: Deployed, tmp_path: Path) -> None:
+    # given a params file that breaks a bound, passed as the deployment run's params_path
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(tiny_raw(train={"cd_k": -1}), sort_keys=False))
+    runs_before = {r.info.run_id for r in all_runs(deployed)}
+
+    # when a worker runs it
+    flow_run_id = trigger(deployed, params_path=str(bad))
+    log = work_once(deployed, tmp_path)
+
+    # then the flow run failed on validation, naming the key, before any task ran
+    state, tasks = flow_run(deployed, flow_run_id)
+    assert state.state.is_failed(), f"{state.state.name}: {state.state.message}\n{log}"
+    assert "train.cd_k" in state.state.message, state.state.message
+    assert tasks == []
+
+    # and MLflow got no new run, and has none left RUNNING
+    runs = all_runs(deployed)
+    assert {r.info.run_id for r in runs} == runs_before
+    assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
