@@ -61,10 +61,11 @@ def run_dvc_stage(stage: str, project: Path) -> None:
     _run_streaming(["dvc", "repro", "--single-item", stage], project)
 
 
-def _summary(run_id: str, uri: str, metrics: dict[str, float]) -> str:
+def _summary(run_id: str, link: str, uri: str, metrics: dict[str, float]) -> str:
     rows = "\n".join(f"| {key} | {value:.4g} |" for key, value in metrics.items())
     return (
-        f"# cdgan run\n\n- MLflow run: `{run_id}`\n- Tracking URI: `{uri}`\n\n| metric | value |\n|---|---|\n{rows}\n"
+        f"# cdgan run\n\n- MLflow run: [`{run_id}`]({link})\n- Tracking URI: `{uri}`\n\n"
+        f"| metric | value |\n|---|---|\n{rows}\n"
     )
 
 
@@ -89,8 +90,11 @@ def cdgan_pipeline(params_path: str = "params.yaml", project_dir: str = ".") -> 
     run_id = read_json(paths.train_metrics)["mlflow_run_id"]
     uri = tracking.tracking_uri(paths)
     metrics = _numeric(read_json(paths.eval_metrics))
-    get_run_logger().info("MLflow run %s in %s", run_id, uri)
-    create_markdown_artifact(_summary(run_id, uri, metrics), key="cdgan-run", description="MLflow run and metrics")
+    link = tracking.run_link(paths, run_id)
+    get_run_logger().info("MLflow run %s in %s: %s", run_id, uri, link)
+    create_markdown_artifact(
+        _summary(run_id, link, uri, metrics), key="cdgan-run", description="MLflow run and metrics"
+    )
     return metrics
 
 

@@ -27,6 +27,7 @@ from cdgan.files import write_atomic
 from cdgan.params import Params, Paths
 
 DEFAULT_DB = "mlflow.db"
+LOCAL_UI = "http://127.0.0.1:5000"  # `make serve` / `mlflow ui` default
 PARENT_RUN_ENV = "CDGAN_PARENT_RUN_ID"  # set by the sweep flow: trial runs nest under the sweep's run
 PIPELINE_OUTPUTS = ("dvc.lock", "metrics", "plots", "**/.gitignore")  # written by `dvc repro` itself
 RETRY_DELAYS = (1.0, 2.0)  # seconds before the 2nd and 3rd try of a log call (after MLflow's own HTTP retries)
@@ -117,6 +118,14 @@ def _ends_active_run() -> Iterator[None]:
         mlflow.end_run("FAILED")
         raise
     mlflow.end_run()
+
+
+def run_link(paths: Paths, run_id: str) -> str:
+    """The run's page in the MLflow UI: the tracking server itself, or the local UI `make serve` starts."""
+    uri = tracking_uri(paths)
+    base = uri.rstrip("/") if urlparse(uri).scheme in ("http", "https") else LOCAL_UI
+    experiment_id = MlflowClient(uri).get_run(run_id).info.experiment_id
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def experiment_name(params: Params) -> str:

@@ -53,6 +53,8 @@ def test_pipeline_runs_every_stage_through_dvc(tmp_path: Path, mlflow_uri: str) 
     artifact = Artifact.get("cdgan-run")
     assert artifact.flow_run_id == state.state_details.flow_run_id
     assert evaluation["mlflow_run_id"] in artifact.data and mlflow_uri in artifact.data, artifact.data
+    assert "http://127.0.0.1:5000/#/experiments/" in artifact.data, "a link to the run in the MLflow UI"
+    assert f"/runs/{evaluation['mlflow_run_id']})" in artifact.data, artifact.data
 
 
 @pytest.mark.usefixtures("prefect_harness")
