@@ -57,9 +57,12 @@ def _pyplot():
 def _scatter(path: Path, points: np.ndarray, centres: np.ndarray | None, title: str) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.4, label="samples")
+    # hollow rings under the samples: a covered mode shows its samples inside the ring
+    ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.4, label="samples", zorder=2)
     if centres is not None:
-        ax.scatter(centres[:, 0], centres[:, 1], s=40, marker="x", c="red", label="true modes")
+        ax.scatter(
+            centres[:, 0], centres[:, 1], s=120, facecolors="none", edgecolors="red", label="true modes", zorder=1
+        )
     ax.set_aspect("equal")
     ax.set_title(title)
     ax.legend(loc="upper right", fontsize=8)
