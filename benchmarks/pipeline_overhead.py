@@ -1,0 +1,212 @@
+"""Orchestration costs: `dvc repro` when nothing changed, and the Prefect flow over the same four stages.
+
+Projects are made as the tests make them (`tests.conftest.make_project`: git + DVC, the repo's dvc.yaml and
+sources, tiny params). Each project has its own MLflow SQLite store, so both arms pay the same store set-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psutil
+import yaml
+from benchmarks.timing import Timing, environ, interleaved, median, note, rounded, stopwatch, timed
+
+
+def _conftest() -> Any:
+    """tests.conftest, imported without letting it pick OMP_NUM_THREADS for this run."""
+    had_omp = "OMP_NUM_THREADS" in os.environ
+    from tests import conftest
+
+    if not had_omp:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    return conftest
+
+
+def _raw_params(is_tiny: bool, model_name: str) -> dict[str, Any]:
+    """Tiny params (tests.conftest.TINY), or the repo's params.yaml as it stands (a default run) on the CPU."""
+    conftest = _conftest()
+    if is_tiny:
+        raw = conftest.tiny_raw(register={"model_name": model_name})
+        evaluate = raw["evaluate"]
+        if evaluate.get("kid_subset_size", 0) > evaluate["n_samples"]:  # params.yaml's KID subsets need more samples
+            evaluate["kid_subset_size"] = evaluate["n_samples"]
+        return raw
+    raw = yaml.safe_load((conftest.REPO / "params.yaml").read_text())
+    return conftest.merged(raw, {"train": {"device": "cpu"}, "register": {"model_name": model_name}})
+
+
+def _own_store(project: Path) -> AbstractContextManager[None]:
+    """MLFLOW_TRACKING_URI -> the project's own SQLite store, for in-process code and every subprocess."""
+    return environ(MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+
+
+def _lock_digest(project: Path) -> str:
+    return hashlib.sha256((project / "dvc.lock").read_bytes()).hexdigest()
+
+
+def measure_dvc_noop(root: Path, quick: bool) -> tuple[dict[str, object], Timing]:
+    """One full `dvc repro` on a fresh project (returned: it is also a sample of the direct-DVC arm below),
+    then repeated `dvc repro` with nothing changed.
+
+    Also times the four `dvc repro --single-item <stage>` calls the Prefect flow makes, on the same
+    up-to-date project: what running the stages one by one costs DVC before any Prefect work."""
+    conftest = _conftest()
+    project = conftest.make_project(root / "dvc-noop", _raw_params(True, "cdgan-bench-noop"))
+    with _own_store(project):
+        note("dvc repro: first full run on a fresh project")
+        first = timed(lambda: conftest.run(["dvc", "repro"], project))
+        digest = _lock_digest(project)
+        repeats = 3 if quick else 5
+        arms = {
+            "dvc_repro_noop": lambda: timed(lambda: conftest.run(["dvc", "repro"], project)),
+            "dvc_single_items_noop": lambda: timed(
+                lambda: [conftest.run(["dvc", "repro", "--single-item", s], project) for s in _stages()]
+            ),
+        }
+        seconds = interleaved(arms, repeats)
+        is_noop = _lock_digest(project) == digest
+        status = conftest.run(["dvc", "status"], project).stdout.strip()
+    noop, single = seconds["dvc_repro_noop"], seconds["dvc_single_items_noop"]
+    return {
+        "dvc_noop_s": round(median(noop["wall"]), 3),
+        "dvc_noop": {
+            "params": "tiny (tests.conftest.TINY)",
+            "repeats": repeats,
+            "wall_s": rounded(noop["wall"]),
+            "cpu_s": rounded(noop["cpu"]),
+            "first_full_repro_s": round(first.wall, 3),
+            "lock_unchanged": is_noop,
+            "status": status,
+            "single_items_noop_s": round(median(single["wall"]), 3),  # 4 calls, one per stage
+            "single_items_wall_s": rounded(single["wall"]),
+        },
+    }, first
+
+
+def _stages() -> tuple[str, ...]:
+    return tuple(yaml.safe_load((_conftest().REPO / "dvc.yaml").read_text())["stages"])
+
+
+@contextmanager
+def _prefect_server(home: Path) -> Iterator[Timing]:
+    """A temporary Prefect server (prefect's test harness) with PREFECT_HOME in `home`; yields its start time."""
+    # the environment reaches the harness's server subprocess; offline, so no telemetry heartbeat
+    with environ(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false"):
+        from prefect.settings import PREFECT_HOME, temporary_settings
+        from prefect.testing.utilities import prefect_test_harness
+
+        with ExitStack() as stack:
+            stack.enter_context(temporary_settings({PREFECT_HOME: home}))  # settings are read at import
+            with stopwatch() as start:
+                stack.enter_context(prefect_test_harness(server_startup_timeout=120))
+            yield start[0]
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's live child processes: the Prefect server while a flow runs."""
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def _task_seconds(flow_run_id: UUID) -> float:
+    """Sum of the flow run's task run times, from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return sum(run.total_run_time.total_seconds() for run in runs)
+
+
+def _flow_arm(root: Path, quick: bool, counter: list[int], inside: list[dict[str, float]]) -> Callable[[], Timing]:
+    """A fresh project (not timed), then the cdgan-pipeline flow on it (timed). `inside` gets, per run, the
+    time its tasks ran and the Prefect server's CPU meanwhile."""
+    conftest = _conftest()
+    from pipelines import flows
+
+    def arm() -> Timing:
+        counter[0] += 1
+        project = conftest.make_project(root / f"flow-{counter[0]}", _raw_params(quick, "cdgan-bench-flow"))
+        with _own_store(project):
+            server_cpu = _children_cpu()
+            with stopwatch() as t:
+                state = flows.cdgan_pipeline(params_path="params.yaml", project_dir=str(project), return_state=True)
+            server_cpu = _children_cpu() - server_cpu
+            if not state.is_completed():
+                raise RuntimeError(f"cdgan-pipeline did not complete: {state.message}")
+        inside.append({"task_s": _task_seconds(state.state_details.flow_run_id), "server_cpu_s": server_cpu})
+        return t[0]
+
+    return arm
+
+
+def _dvc_arm(root: Path, quick: bool, counter: list[int]) -> Callable[[], Timing]:
+    """A fresh identical project (not timed), then `dvc repro` of the four stages (timed)."""
+    conftest = _conftest()
+
+    def arm() -> Timing:
+        counter[0] += 1
+        project = conftest.make_project(root / f"dvc-{counter[0]}", _raw_params(quick, "cdgan-bench-flow"))
+        with _own_store(project):
+            return timed(lambda: conftest.run(["dvc", "repro"], project))
+
+    return arm
+
+
+def measure(quick: bool) -> dict[str, object]:
+    """Quick: the no-op project's first full `dvc repro` is the direct arm, one flow run right after it the other.
+    Full: default params.yaml, each arm twice on fresh projects, interleaved (flow, dvc, dvc, flow)."""
+    with tempfile.TemporaryDirectory(prefix="cdgan-bench-pipe-") as tmp:
+        root = Path(tmp)
+        note("Prefect: starting a temporary server (prefect_test_harness)")
+        # started first, so both arms run beside an idle server (its start-up is reported, not counted)
+        with _prefect_server(root / "prefect-home") as server_start:
+            note(f"Prefect server up in {server_start.wall:.1f} s")
+            noop, first_repro = measure_dvc_noop(root, quick)
+            note("flow vs dvc repro on fresh projects")
+            counter, inside = [0], []
+            arms = {"flow": _flow_arm(root, quick, counter, inside), "dvc_repro": _dvc_arm(root, quick, counter)}
+            if quick:
+                seconds = interleaved({"flow": arms["flow"]}, 1)
+                seconds["dvc_repro"] = {"wall": [first_repro.wall], "cpu": [first_repro.cpu]}
+            else:
+                seconds = interleaved(arms, 2)
+    flow, dvc = seconds["flow"], seconds["dvc_repro"]
+    extra_dvc = noop["dvc_noop"]["single_items_noop_s"] - noop["dvc_noop_s"]  # 3 more dvc start-ups per flow
+    task_s = median([run["task_s"] for run in inside])
+    server_cpu = median([run["server_cpu_s"] for run in inside])
+    # within one flow run, so free of run-to-run load drift: time outside the tasks, plus the extra DVC
+    # start-ups inside them, over what the tasks would take as one `dvc repro`
+    within = (median(flow["wall"]) - task_s + extra_dvc) / (task_s - extra_dvc)
+    return noop | {
+        "prefect_overhead_frac": round(median(flow["wall"]) / median(dvc["wall"]) - 1, 4),
+        "prefect_overhead_frac_within_run": round(within, 4),
+        "prefect_overhead_frac_cpu": round((median(flow["cpu"]) + server_cpu) / median(dvc["cpu"]) - 1, 4),
+        "prefect": {
+            "params": "tiny (tests.conftest.TINY)" if quick else "params.yaml (a default run), device cpu",
+            "runs_per_arm": len(flow["wall"]),
+            "server_start_s": round(server_start.wall, 3),  # excluded from the overhead
+            "flow_wall_s": rounded(flow["wall"]),
+            "dvc_repro_wall_s": rounded(dvc["wall"]),
+            "flow_cpu_s": rounded(flow["cpu"]),  # this process and its finished children (dvc, cdgan)
+            "server_cpu_s": round(server_cpu, 3),  # the Prefect server subprocess during the flow
+            "flow_task_s": round(task_s, 3),  # the four tasks, by the Prefect API
+            "dvc_repro_cpu_s": rounded(dvc["cpu"]),
+            "flow_overhead_s": round(median(flow["wall"]) - median(dvc["wall"]), 3),
+            "dvc_calls_extra_s": round(extra_dvc, 3),
+        },
+    }
