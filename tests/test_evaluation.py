@@ -60,7 +60,8 @@ def test_every_asked_metric_is_reported_in_its_range(
     metrics = score_model(suite, *models, RAW)
     # then
     expected = {"fid", "fid_raw", "kid", "kid_std", "precision", "recall", "density", "coverage", "inception_score"}
-    assert set(metrics.metrics) == expected | {"classifier_accuracy"}
+    assert set(metrics.metrics) == expected | {"classifier_accuracy", "modes", "kl"}, "class coverage always"
+    assert 1 <= metrics.metrics["modes"] <= 10 and 0 <= metrics.metrics["kl"] <= np.log(10)
     assert metrics.metrics["fid"] > 0 and metrics.metrics["fid_raw"] == metrics.metrics["fid"], "no Langevin: raw = out"
     assert all(0 <= metrics.metrics[k] <= 1 for k in ("precision", "recall", "coverage")), metrics.metrics
     assert 1 <= metrics.metrics["inception_score"] <= 10 and metrics.metrics["density"] >= 0

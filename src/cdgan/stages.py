@@ -147,7 +147,8 @@ def train(params: Params, paths: Paths) -> TrainResult:
             history["losses" if is_loss else "scores"].append({"step": step} | values)
             # scores during training (raw G(z), fewer samples) must not shadow evaluate's `fid` in MLflow
             tracking.log_metrics(step, values if is_loss else {f"train/{k}": v for k, v in values.items()})
-            progress.update(task, completed=step, info=" ".join(f"{k}={v:.3g}" for k, v in values.items()))
+            info = " ".join(f"{k}={v:.3g}" for k, v in values.items())
+            progress.update(task, completed=step, info=info, refresh=True)
 
         fit(state, x_data, params.train, log, score, resume_path, meta)
         seconds = time.perf_counter() - start
@@ -167,7 +168,11 @@ def train(params: Params, paths: Paths) -> TrainResult:
 @contextmanager
 def _progress_bar() -> Iterator[Progress]:
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
-    with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")) as bar:
+    # no refresh thread (1-2% of a core, benchmarks/stage_costs.py): the bar redraws when the loop logs
+    progress = Progress(
+        *columns, TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), auto_refresh=False
+    )
+    with progress as bar:
         yield bar
 
 

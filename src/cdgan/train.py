@@ -152,11 +152,10 @@ def _generator_step(params: TrainParams, s: TrainState) -> dict[str, Tensor]:
         loss_g = LOSSES[params.loss].generator(s.energy(x_gen))
     s.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
-    grad_norm_g = nn.utils.clip_grad_norm_(s.generator.parameters(), float("inf"))  # measures, clips nothing
     s.opt_g.step()
     if s.ema is not None:
         s.ema.update_parameters(s.generator)
-    return {"loss_g": loss_g.detach(), "grad_norm_g": grad_norm_g.detach()}
+    return {"loss_g": loss_g.detach()}
 
 
 def _check_finite(step: int, values: dict[str, float], params: TrainParams) -> None:
@@ -189,6 +188,8 @@ def fit(
         step, is_last = state.step, state.step == params.steps
         is_log = step % params.log_every == 0 or is_last
         is_checkpoint = checkpoint_path is not None and (step % params.checkpoint_every == 0 or is_last)
+        if is_log:  # the generator's gradients of this step are still in place until its next step
+            values["grad_norm_g"] = nn.utils.clip_grad_norm_(state.generator.parameters(), float("inf"))  # no clip
         if is_log or is_checkpoint:
             logged = {k: v.item() for k, v in values.items()}  # the loop's only host sync
             _check_finite(step, logged, params)  # before any checkpoint: never save a diverged state
