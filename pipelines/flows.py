@@ -22,7 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from cdgan import tracking
 from cdgan.errors import CdganError
 from cdgan.files import read_json, write_atomic
-from cdgan.params import Params, Paths, load_params, parse_params
+from cdgan.params import Params, Paths, parse_params, read_params_yaml
 from cdgan.report import summarize, to_markdown, write_csv
 
 STAGES = ("prepare", "train", "evaluate", "register")  # dvc.yaml order; tests/pipelines/test_flows.py compares them
@@ -76,13 +76,21 @@ def _numeric(values: dict[str, Any]) -> dict[str, float]:
 
 
 @flow(name="cdgan-pipeline")
-def cdgan_pipeline(params_path: str = "params.yaml", project_dir: str = ".") -> dict[str, float]:
+def cdgan_pipeline(
+    params_path: str = "params.yaml", project_dir: str = ".", overrides: dict[str, Any] | None = None
+) -> dict[str, float]:
     """Validate params, run the DVC stages in dvc.yaml order, publish the MLflow run; returns the eval metrics.
 
-    `params_path` is relative to `project_dir`; the stages themselves read the project's params.yaml.
+    `params_path` (relative to `project_dir`: params.yaml or a preset) with the dotted `overrides`
+    ({"train.cd_k": 5}) is validated first; a CdganError fails the flow before any task runs. When it
+    differs from the project's params.yaml it is written there, as `dvc exp run -S` does, so DVC reruns
+    exactly the stages whose params changed.
     """
     project = Path(project_dir).resolve()
-    load_params(project / params_path)  # a CdganError fails the flow here, before any task runs
+    raw = _with_overrides(read_params_yaml(project / params_path), overrides or {})
+    parse_params(raw, str(params_path))
+    if (project / params_path).resolve() != (project / "params.yaml").resolve() or overrides:
+        write_atomic(project / "params.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(raw, sort_keys=False)))
     for stage in STAGES:
         run_dvc_stage.with_options(name=stage, task_run_name=stage, retries=RETRIES.get(stage, 0))(stage, project)
 
@@ -143,7 +151,7 @@ def cdgan_sweep(
     the project: params.yaml or a preset) and `base`, each trial a nested MLflow run under one sweep run;
     writes reports/<name>.md and .csv."""
     project = Path(project_dir).resolve()
-    raw = _with_overrides(yaml.safe_load((project / params_path).read_text()) or {}, base or {})
+    raw = _with_overrides(read_params_yaml(project / params_path), base or {})
     trials = expand_grid(grid)
     params: list[Params] = [parse_params(_with_overrides(raw, t), f"sweep trial {trial_name(t)}") for t in trials]
     if len({p.data.dataset for p in params}) != 1:
@@ -213,14 +221,14 @@ if __name__ == "__main__":
     parser.add_argument("--params", default="params.yaml", help="params file (or preset), relative to --project")
     parser.add_argument("--project", default=".", help="project directory holding dvc.yaml")
     parser.add_argument("--grid", action="append", default=[], help="sweep: KEY=V1,V2 (repeatable)")
-    parser.add_argument("--set", action="append", default=[], help="sweep: KEY=VALUE applied to every trial")
+    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE override (every trial of a sweep)")
     parser.add_argument("--name", default="loss_comparison", help="sweep: report name under reports/")
     args = parser.parse_args()
     try:
+        overrides = {key: values[0] for key, values in _key_values(args.set).items()}
         if args.grid:
-            base = {key: values[0] for key, values in _key_values(args.set).items()}
-            cdgan_sweep(_key_values(args.grid), base, args.project, args.name, args.params)
+            cdgan_sweep(_key_values(args.grid), overrides, args.project, args.name, args.params)
         else:
-            cdgan_pipeline(params_path=args.params, project_dir=args.project)
+            cdgan_pipeline(params_path=args.params, project_dir=args.project, overrides=overrides)
     except CdganError as err:
         raise SystemExit(f"cdgan: error: {err}") from None  # one line, no traceback

@@ -206,7 +206,11 @@ class Paths:
 
 def load_params(path: Path | str = "params.yaml") -> Params:
     """Read and validate params.yaml; every problem becomes one CdganError naming the keys."""
-    path = Path(path)
+    return parse_params(read_params_yaml(Path(path)), source=str(path))
+
+
+def read_params_yaml(path: Path) -> dict:
+    """The raw sections of a params file, not yet validated (flows apply overrides to it first)."""
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
@@ -215,7 +219,7 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         raise CdganError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(raw, dict):
         raise CdganError(f"{path}: expected a mapping of sections (data, model, train, sample, evaluate, register)")
-    return parse_params(raw, source=str(path))
+    return raw
 
 
 def parse_params(raw: dict, source: str = "params") -> Params:

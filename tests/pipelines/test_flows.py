@@ -117,3 +117,20 @@ def test_sweep_with_a_bad_value_fails_before_any_trial(tmp_path: Path) -> None:
     with pytest.raises(CdganError, match=r"sweep trial cd_k=-1.*train\.cd_k"):
         flows.cdgan_sweep(grid={"train.cd_k": [1, -1]}, project_dir=str(project))
     assert not (project / "sweeps").exists()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_pipeline_overrides_are_validated_then_written_to_params_yaml(tmp_path: Path) -> None:
+    # given a project, and overrides for its flow run
+    project = make_project(tmp_path / "project", tiny_raw())
+    before = (project / "params.yaml").read_text()
+
+    # when an override is out of bounds, the flow fails before any task and params.yaml is untouched
+    with pytest.raises(CdganError, match=r"train\.steps"):
+        flows.cdgan_pipeline(project_dir=str(project), overrides={"train.steps": 0})
+    assert (project / "params.yaml").read_text() == before
+    assert not (project / "metrics").exists()
+
+    # and a missing params file is one clear error too
+    with pytest.raises(CdganError, match=r"absent\.yaml: params file not found"):
+        flows.cdgan_pipeline(params_path="absent.yaml", project_dir=str(project))
