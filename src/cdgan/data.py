@@ -28,8 +28,6 @@ class Dataset:
     x: np.ndarray  # float32: (N, 2) points, or (N, C, H, W) images in [-1, 1]
     y: np.ndarray  # int64 (N,) labels or mixture components; -1 where unknown
 
-    is_stacked: bool = False  # channels are independent digits (stacked-digits): labels are 100a + 10b + c
-
     @property
     def n_classes(self) -> int:
         return int(self.y.max()) + 1
@@ -71,7 +69,7 @@ def _stacked_digits(n: int, rng: np.random.Generator) -> Dataset:
     picks = rng.integers(len(digits.y), size=(n, 3))
     x = np.concatenate([digits.x[picks[:, c]] for c in range(3)], axis=1)  # (N, 3, 8, 8)
     labels = digits.y[picks]
-    return Dataset(x, labels[:, 0] * 100 + labels[:, 1] * 10 + labels[:, 2], is_stacked=True)
+    return Dataset(x, labels[:, 0] * 100 + labels[:, 1] * 10 + labels[:, 2])  # class = the three digits
 
 
 def _torchvision(params: DataParams) -> Dataset:
@@ -128,7 +126,7 @@ def build_dataset(params: DataParams) -> Dataset:
         ds = _folder(params)
     else:
         ds = _torchvision(params)
-    return Dataset(_resize(ds.x, params.image_size).astype(np.float32), ds.y, ds.is_stacked)
+    return Dataset(_resize(ds.x, params.image_size).astype(np.float32), ds.y)
 
 
 def save_dataset(path: Path, ds: Dataset) -> Path:

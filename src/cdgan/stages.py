@@ -80,11 +80,12 @@ def prepare(params: Params, paths: Paths) -> PrepareResult:
     accuracy = None
     if params.data.is_image:
         # stacked-digits: a digit classifier on the plain digits, applied per channel (1000 classes)
-        labelled = build_dataset(params.data.model_copy(update={"dataset": "digits"})) if ds.is_stacked else ds
+        is_stacked = params.data.dataset == "stacked-digits"
+        labelled = build_dataset(params.data.model_copy(update={"dataset": "digits"})) if is_stacked else ds
         classifier, accuracy = fit_classifier(
             torch.from_numpy(labelled.x), torch.from_numpy(labelled.y), params.data.classifier_epochs, params.data.seed
         )
-        if ds.is_stacked:
+        if is_stacked:
             classifier = StackedClassifier(classifier, ds.shape[0])
         save_reference(paths.classifier, classifier, torch.from_numpy(ds.x), accuracy)
     else:
