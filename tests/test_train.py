@@ -1,4 +1,4 @@
-"""Tests for cdgan.train: a short fit per loss, determinism, logging, divergence, checkpoints, EMA."""
+"""Tests for cdgan.train: a short fit per loss, determinism, logging, divergence, checkpoints, EMA, GPU-path params."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from cdgan.errors import CdganError
 from cdgan.files import load_torch
 from cdgan.losses import LOSSES
 from cdgan.params import DataParams, ModelParams, TrainParams
-from cdgan.train import TrainState, checkpoint_dict, fit, init_state, restore_state
+from cdgan.train import TrainState, checkpoint_dict, energy_step, fit, init_state, restore_state
 
 MODEL = ModelParams(z_dim=4, hidden=8, channels=4)
 CPU = torch.device("cpu")
@@ -271,3 +271,74 @@ def test_cooperative_needs_cd_with_a_chain(bad: dict) -> None:
 def test_separate_energy_learning_rate() -> None:
     state = _state(_train(lr=1e-3, lr_e=5e-4), _points())
     assert state.opt_g.param_groups[0]["lr"] == 1e-3 and state.opt_e.param_groups[0]["lr"] == 5e-4
+
+
+def test_amp_runs_the_forward_passes_in_bfloat16_on_cpu() -> None:
+    # given
+    params = _train(amp=True)
+    x = _images()
+    state = _state(params, x)
+    # when
+    values = energy_step(params, state, x)
+    fit(state, x, params, _no_log)
+    plain = fit(_state(_train(), x), x, _train(), _no_log)
+    # then the energies came out of autocast, the weights stayed fp32 and moved, other than without amp
+    assert values["e_real"].dtype == torch.bfloat16, "energy net ran outside bf16 autocast"
+    after, fp32 = state.energy.state_dict(), plain.energy.state_dict()
+    assert all(v.dtype == torch.float32 for v in after.values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+    assert any(not torch.equal(after[k], fp32[k]) for k in after), "amp changed nothing: was autocast on?"
+
+
+def test_channels_last_lays_out_the_conv_weights_and_trains_the_same_model() -> None:
+    # given
+    x = _images()
+    nhwc = _train(channels_last=True)
+    # when
+    state = fit(_state(nhwc, x), x, nhwc, _no_log)
+    plain = fit(_state(_train(), x), x, _train(), _no_log)
+    # then
+    conv_weights = [p for p in state.energy.parameters() if p.dim() == 4]
+    assert conv_weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in conv_weights)
+    a, b = state.energy.state_dict(), plain.energy.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=f"energy: {key}")
+    # the generator by its samples: a conv bias just before BatchNorm gets only rounding noise as gradient,
+    # which Adam scales up to full steps, but batch statistics cancel that bias exactly
+    z = torch.randn(16, MODEL.z_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(state.generator(z), plain.generator(z), rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_is_refused_for_points() -> None:
+    with pytest.raises(CdganError, match=r"channels_last applies to conv models .* shape \(2,\)"):
+        _state(_train(channels_last=True), _points())
+
+
+@pytest.mark.slow  # compiling both networks: about 30 s on a busy 2-core CPU with a cold inductor cache
+def test_compile_trains_the_same_model_under_the_same_state_dict_keys() -> None:
+    # given
+    x = _points()
+    model = MODEL.model_copy(update={"spectral_norm": False})
+    compiled = _train(compile=True, replay_size=16, replay_frac=0.5)
+    plain_params = compiled.model_copy(update={"compile": False})
+    # when
+    state = fit(init_state(model, compiled, (2,), CPU), x, compiled, _no_log)
+    plain = fit(init_state(model, plain_params, (2,), CPU), x, plain_params, _no_log)
+    # then checkpoints stay loadable by uncompiled networks, and the weights agree up to kernel rounding
+    for net in ("generator", "energy", "sampling_generator"):
+        a, b = getattr(state, net).state_dict(), getattr(plain, net).state_dict()
+        assert a.keys() == b.keys(), f"{net}: compiling renamed the state_dict keys"
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=f"{net}: {key}")
+
+
+def test_compile_is_refused_with_spectral_norm() -> None:
+    with pytest.raises(CdganError, match=r"train\.compile does not work with model\.spectral_norm"):
+        _state(_train(compile=True), _points())
+
+
+@pytest.mark.parametrize("penalty", [{"loss": "wgan-gp"}, {"real_gp": 1.0}])
+def test_compile_refuses_gradient_penalties(penalty: dict) -> None:
+    with pytest.raises(ValueError, match=r"torch\.compile does not differentiate twice"):
+        _train(compile=True, **penalty)

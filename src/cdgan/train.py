@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from cdgan.data import sample_batch
+from cdgan import distributed
 from cdgan.errors import CdganError
 from cdgan.files import save_torch
 from cdgan.losses import LOSSES, energy_magnitude, gradient_penalty, real_gradient_penalty, refine_langevin
@@ -42,12 +42,20 @@ class TrainState:
 
 
 def init_state(model: ModelParams, train: TrainParams, data_shape: tuple[int, ...], device: torch.device) -> TrainState:
+    """Both networks from `train.seed` (the same on every rank), on `device`, in the layout and compiled
+    form the GPU-path params ask for; raises CdganError where those params do not fit the data or device."""
+    _check_gpu_path(model, train, data_shape, device)
     torch.manual_seed(train.seed)
-    generator, energy = build_models(model, data_shape)
-    generator, energy = generator.to(device), energy.to(device)
+    layout = torch.channels_last if train.channels_last else torch.preserve_format  # applies to 4-D weights only
+    generator, energy = (net.to(device, memory_format=layout) for net in build_models(model, data_shape))
+    if distributed.world_size() > 1 and device.type == "cuda":  # BatchNorm over the global batch (no CPU kernel)
+        nn.SyncBatchNorm.convert_sync_batchnorm(generator)  # swaps the generator's BatchNorm layers in place
     ema = None
     if train.ema > 0:
         ema = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(train.ema), use_buffers=True)
+    if train.compile:  # in place, after the EMA copy: state_dict keys stay those of the plain networks
+        generator.compile()
+        energy.compile()
     betas = (train.beta1, train.beta2)
     return TrainState(
         generator,
@@ -58,6 +66,15 @@ def init_state(model: ModelParams, train: TrainParams, data_shape: tuple[int, ..
         torch.Generator(device).manual_seed(train.seed),
         torch.zeros(train.replay_size, *data_shape, device=device) if train.replay_size else None,
     )
+
+
+def _check_gpu_path(model: ModelParams, train: TrainParams, data_shape: tuple[int, ...], device: torch.device) -> None:
+    if train.compile and model.spectral_norm:  # inductor lets backward save a vector the power iteration updates
+        raise CdganError("train.compile does not work with model.spectral_norm; set one of them to false")
+    if train.channels_last and len(data_shape) != 3:
+        raise CdganError(f"train.channels_last applies to conv models (image data), not data of shape {data_shape}")
+    if train.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise CdganError(f"train.amp needs bfloat16, which {torch.cuda.get_device_name(device)} lacks; set amp: false")
 
 
 def checkpoint_dict(state: TrainState, meta: dict[str, Any]) -> dict[str, Any]:
@@ -85,74 +102,97 @@ def restore_state(state: TrainState, saved: dict[str, Any]) -> None:
     state.opt_e.load_state_dict(saved["opt_e"])
     torch.set_rng_state(saved["rng"]["torch"])
     state.rng.set_state(saved["rng"]["loop"])
-    state.replay, state.replay_count = saved["replay"]["buffer"], saved["replay"]["count"]
+    if state.replay is not None:
+        state.replay.copy_(saved["replay"]["buffer"])  # onto the state's device: checkpoints load to the CPU
+    state.replay_count = saved["replay"]["count"]
     state.step = saved["step"]
 
 
+def _autocast(params: TrainParams, s: TrainState) -> torch.autocast:
+    """bf16 autocast of the forward passes when `train.amp`: no loss scaling needed, unlike fp16."""
+    return torch.autocast(s.rng.device.type, dtype=torch.bfloat16, enabled=params.amp)
+
+
+def _latents(params: TrainParams, s: TrainState) -> Tensor:
+    return distributed.share(s.generator.sample_z(params.batch_size, s.rng))  # (B / world, z_dim)
+
+
 def _refine(params: TrainParams, s: TrainState, x: Tensor) -> Tensor:
-    """x_k: `cd_k` Langevin steps on E from x (images stay in [-1, 1])."""
-    clamp = (-1.0, 1.0) if x.dim() == 4 else None
-    return refine_langevin(
-        s.energy,
-        x,
-        params.cd_k,
-        params.langevin_step_size,
-        params.langevin_noise,
-        clamp,
-        s.rng,
-        params.langevin_grad_clip,
-    )
+    """x_k: `cd_k` Langevin steps on E from x (images stay in [-1, 1]).
+
+    One `refine_langevin` step at a time, without its noise: the noise is this rank's share of a
+    global-batch draw, so under torchrun the ranks together run exactly the single-process chains.
+    """
+    for _ in range(params.cd_k):
+        x = refine_langevin(s.energy, x, 1, params.langevin_step_size, 0.0, None, None, params.langevin_grad_clip)
+        if params.langevin_noise > 0:
+            eps = torch.randn(params.batch_size, *x.shape[1:], generator=s.rng, device=x.device, dtype=x.dtype)
+            x = x + params.langevin_noise * distributed.share(eps)
+        if x.dim() == 4:
+            x = x.clamp(-1.0, 1.0)
+    return x
 
 
 def _chain_starts(params: TrainParams, s: TrainState, x_gen: Tensor) -> Tensor:
-    """G(z), with a `replay_frac` share swapped for past chain samples once the buffer holds a batch."""
-    n_replay = round(params.replay_frac * len(x_gen)) if s.replay is not None else 0
+    """G(z), the first `replay_frac` of the global batch swapped for past chain samples once the buffer
+    holds a batch."""
+    n_replay = round(params.replay_frac * params.batch_size) if s.replay is not None else 0
     filled = min(s.replay_count, params.replay_size)
-    if n_replay == 0 or filled < len(x_gen):
+    if n_replay == 0 or filled < params.batch_size:
         return x_gen
-    index = torch.randint(filled, (n_replay,), generator=s.rng, device=x_gen.device)
-    return torch.cat([x_gen[n_replay:], s.replay[index]])
+    index = torch.randint(filled, (params.batch_size,), generator=s.rng, device=x_gen.device)
+    is_replay = torch.arange(params.batch_size, device=x_gen.device) < n_replay
+    is_replay = distributed.share(is_replay).view(-1, *[1] * (x_gen.dim() - 1))  # (B / world, 1, ...)
+    return torch.where(is_replay, s.replay[distributed.share(index)], x_gen)
 
 
 def _push_replay(params: TrainParams, s: TrainState, x_k: Tensor) -> None:
     if s.replay is None:
         return
+    x_k = distributed.gather_shares(x_k)  # every rank keeps the same buffer: the global batch's chains
     slots = (s.replay_count + torch.arange(len(x_k), device=x_k.device)) % params.replay_size
     s.replay[slots] = x_k
     s.replay_count += len(x_k)
 
 
+def _update(net: nn.Module, opt: torch.optim.Optimizer, loss: Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    distributed.average_gradients(net)  # under torchrun: the gradient of the global batch, on every rank
+    opt.step()
+
+
 def energy_step(params: TrainParams, s: TrainState, x_data: Tensor) -> dict[str, Tensor]:
+    """One energy-net step on this rank's share of a global batch (all of it outside torchrun)."""
     loss = LOSSES[params.loss]
-    x_real = sample_batch(x_data, params.batch_size, s.rng)
-    with torch.no_grad():
-        x_fake = s.generator(s.generator.sample_z(params.batch_size, s.rng))
-    if params.loss == "cd":  # CD_k: the negative samples are G(z) (or replayed samples) after k Langevin steps on E
-        x_fake = _refine(params, s, _chain_starts(params, s, x_fake))
-        _push_replay(params, s, x_fake)
-    e_real, e_fake = s.energy(x_real), s.energy(x_fake)
-    loss_e = loss.energy(e_real, e_fake)
-    if loss.is_unbounded:
-        loss_e = loss_e + params.energy_reg * energy_magnitude(e_real, e_fake)
-    if loss.has_gradient_penalty:
-        loss_e = loss_e + params.gp_weight * gradient_penalty(s.energy, x_real, x_fake, s.rng)
-    if params.real_gp:
-        loss_e = loss_e + params.real_gp * real_gradient_penalty(s.energy, x_real)
-    s.opt_e.zero_grad(set_to_none=True)
-    loss_e.backward()
-    s.opt_e.step()
+    index = torch.randint(len(x_data), (params.batch_size,), generator=s.rng, device=s.rng.device)
+    x_real = x_data[distributed.share(index)]
+    with _autocast(params, s):
+        with torch.no_grad():
+            x_fake = s.generator(_latents(params, s)).float()  # fp32 chains: bf16 would swallow small steps
+        if params.loss == "cd":  # CD_k: the negative samples are G(z) (or replayed samples) after k Langevin steps
+            x_fake = _refine(params, s, _chain_starts(params, s, x_fake))
+            _push_replay(params, s, x_fake)
+        e_real, e_fake = s.energy(x_real), s.energy(x_fake)
+        loss_e = loss.energy(e_real, e_fake)
+        if loss.is_unbounded:
+            loss_e = loss_e + params.energy_reg * energy_magnitude(e_real, e_fake)
+        if loss.has_gradient_penalty:  # under torchrun each rank draws B / world alphas alike, not a share of B
+            loss_e = loss_e + params.gp_weight * gradient_penalty(s.energy, x_real, x_fake, s.rng)
+        if params.real_gp:
+            loss_e = loss_e + params.real_gp * real_gradient_penalty(s.energy, x_real)
+    _update(s.energy, s.opt_e, loss_e)
     return {"loss_e": loss_e.detach(), "e_real": e_real.mean().detach(), "e_fake": e_fake.mean().detach()}
 
 
 def _generator_step(params: TrainParams, s: TrainState) -> dict[str, Tensor]:
-    x_gen = s.generator(s.generator.sample_z(params.batch_size, s.rng))
-    if params.generator_objective == "cooperative":  # CoopNets: G regresses onto its own Langevin revision
-        loss_g = (x_gen - _refine(params, s, x_gen)).square().flatten(1).sum(1).mean()
-    else:
-        loss_g = LOSSES[params.loss].generator(s.energy(x_gen))
-    s.opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    s.opt_g.step()
+    with _autocast(params, s):
+        x_gen = s.generator(_latents(params, s)).float()
+        if params.generator_objective == "cooperative":  # CoopNets: G regresses onto its own Langevin revision
+            loss_g = (x_gen - _refine(params, s, x_gen)).square().flatten(1).sum(1).mean()
+        else:
+            loss_g = LOSSES[params.loss].generator(s.energy(x_gen))
+    _update(s.generator, s.opt_g, loss_g)
     if s.ema is not None:
         s.ema.update_parameters(s.generator)
     return {"loss_g": loss_g.detach()}
@@ -178,7 +218,10 @@ def fit(
     checkpoint_path: Path | None = None,
     meta: dict[str, Any] | None = None,
 ) -> TrainState:
-    """Train from `state.step` to `params.steps` generator steps; `x_data` already sits on the device."""
+    """Train from `state.step` to `params.steps` generator steps; `x_data` already sits on the device.
+
+    Under torchrun every rank calls this with the same state, data and `checkpoint_path`; only rank 0 saves.
+    """
     state.generator.train()
     while state.step < params.steps:
         for _ in range(params.n_critic):
@@ -191,12 +234,12 @@ def fit(
         if is_log:  # the generator's gradients of this step are still in place until its next step
             values["grad_norm_g"] = nn.utils.clip_grad_norm_(state.generator.parameters(), float("inf"))  # no clip
         if is_log or is_checkpoint:
-            logged = {k: v.item() for k, v in values.items()}  # the loop's only host sync
+            logged = distributed.mean_values(values)  # the loop's only host sync (and, under torchrun, all-reduce)
             _check_finite(step, logged, params)  # before any checkpoint: never save a diverged state
         if is_log:
             log(step, logged)
         if score is not None and params.eval_every and (step % params.eval_every == 0 or is_last):
             log(step, score(state.sampling_generator, state.energy))
-        if is_checkpoint:
+        if is_checkpoint and distributed.is_main():
             save_torch(checkpoint_path, checkpoint_dict(state, meta or {}))
     return state
