@@ -1,23 +1,28 @@
 """Prefect flows: `cdgan-pipeline` (the four DVC stages as tasks) and `cdgan-sweep` (a grid of trials,
-each a full `dvc repro` in its own workspace, then one comparison report)."""
+each a full `dvc repro` in its own workspace, on local threads or a Dask cluster, then one comparison report)."""
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.context import FlowRunContext
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from cdgan import tracking
 from cdgan.errors import CdganError
@@ -31,6 +36,7 @@ TAIL_LINES = 40  # output lines quoted in the error of a failed stage
 TRIAL_FILES = ("dvc.yaml", ".dvcignore", "src")  # what a sweep trial's workspace copies from the project
 SEED_KEYS = {"train.seed", "data.seed", "evaluate.seed"}  # varied to repeat a setting, not to compare settings
 MAX_PARALLEL = 2  # concurrent sweep trials; change with cdgan_sweep.with_options(task_runner=...)
+CONNECT_SECONDS = 10  # to reach the Dask scheduler of `cdgan_sweep(cluster=...)` before giving up
 
 
 def _run_streaming(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
@@ -123,9 +129,30 @@ def trial_name(overrides: dict[str, Any]) -> str:
     return ",".join(f"{key.split('.')[-1]}={value}" for key, value in overrides.items()) or "base"
 
 
+def _where() -> dict[str, str]:
+    """MLflow tags naming the process that runs this trial: host:pid, and its Dask worker's address on a cluster."""
+    tags = {"cdgan.worker": f"{socket.gethostname()}:{os.getpid()}"}
+    if "distributed" in sys.modules:  # imported only where a sweep runs on Dask
+        from distributed import get_worker
+
+        with suppress(ValueError):  # raised outside a Dask worker
+            tags["cdgan.dask_worker"] = get_worker().address
+    return tags
+
+
 @task
 def run_trial(project: Path, workspace: Path, raw: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    """One trial: a fresh workspace with the project's pipeline and these params, `dvc repro evaluate` in it."""
+    """One trial: a fresh workspace with the project's pipeline and these params, `dvc repro evaluate` in it.
+
+    On a Dask worker `project` and `workspace` are the flow's paths, so they must be on a filesystem that the
+    flow and every worker share, mounted at the same path.
+    """
+    where = _where()
+    if not (project / "dvc.yaml").is_file():
+        raise CdganError(
+            f"{project / 'dvc.yaml'} not found on {where['cdgan.worker']}: sweep trials run in the flow's project "
+            "path, so it must be on a filesystem shared by the flow and every Dask worker, at the same path"
+        )
     if workspace.exists():
         shutil.rmtree(workspace)
     workspace.mkdir(parents=True)
@@ -135,8 +162,45 @@ def run_trial(project: Path, workspace: Path, raw: dict[str, Any], env: dict[str
         copy(source, workspace / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if source.is_dir() else {}))
     (workspace / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     _run_streaming(["dvc", "init", "--no-scm", "-q"], workspace)
-    _run_streaming(["dvc", "repro", "evaluate"], workspace, env)  # trials are compared, not registered
+    # MLflow adds the JSON in MLFLOW_RUN_CONTEXT to the tags of every run it starts: here the trial's own run
+    tags = json.loads(os.environ.get("MLFLOW_RUN_CONTEXT", "{}")) | where
+    _run_streaming(["dvc", "repro", "evaluate"], workspace, env | {"MLFLOW_RUN_CONTEXT": json.dumps(tags)})
     return read_json(Paths(workspace).eval_metrics)
+
+
+@contextmanager
+def _trial_runner(cluster: str | None) -> Iterator[TaskRunner]:
+    """The flow's own thread pool, or a DaskTaskRunner connected to the scheduler at `cluster` (tcp://host:8786).
+
+    Raises CdganError when the dask extra is missing or the scheduler cannot be reached.
+    """
+    if cluster is None:
+        yield FlowRunContext.get().task_runner
+        return
+    try:
+        import cloudpickle
+        from distributed.comm.addressing import get_address_host_port, normalize_address
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise CdganError("cdgan-sweep --cluster needs the dask extra: pip install -e '.[dask]'") from None
+    how_to = f"start one with `dask scheduler` and workers with `dask worker {cluster}`"
+    try:
+        get_address_host_port(normalize_address(cluster))
+    except ValueError as err:
+        raise CdganError(f"Dask scheduler address {cluster!r}: {err}; expected tcp://HOST:PORT") from None
+    # workers need not import this module (a deployment loads it as `flows`, the CLI as `__main__`): the
+    # trial's code travels with it; cdgan, prefect and distributed come from the worker's environment
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    with DaskTaskRunner(address=cluster, client_kwargs={"timeout": CONNECT_SECONDS}) as runner:
+        try:
+            workers = runner.client.scheduler_info()["workers"]
+        except OSError as err:
+            raise CdganError(f"Dask scheduler {cluster} is unreachable ({err}); {how_to}") from None
+        logger = get_run_logger()
+        logger.info("Sweep trials run on the Dask scheduler %s, %d workers now", cluster, len(workers))
+        if not workers:
+            logger.warning("Dask scheduler %s has no workers yet: trials wait until `dask worker` joins", cluster)
+        yield runner
 
 
 @flow(name="cdgan-sweep", task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL))
@@ -146,10 +210,16 @@ def cdgan_sweep(
     project_dir: str = ".",
     name: str = "loss_comparison",
     params_path: str = "params.yaml",
+    cluster: str | None = None,
 ) -> list[dict[str, Any]]:
     """Every combination of `grid` (dotted params.yaml keys -> values) on top of `params_path` (relative to
     the project: params.yaml or a preset) and `base`, each trial a nested MLflow run under one sweep run;
-    writes reports/<name>.md and .csv."""
+    writes reports/<name>.md and .csv.
+
+    Trials run MAX_PARALLEL at a time in this process, or with `cluster` (a Dask scheduler address,
+    tcp://host:8786) one per Dask worker thread. Workers must run in the project's environment and see
+    `project_dir` at the same path (a shared filesystem); use an MLflow server for MLFLOW_TRACKING_URI.
+    """
     project = Path(project_dir).resolve()
     raw = _with_overrides(read_params_yaml(project / params_path), base or {})
     trials = expand_grid(grid)
@@ -159,15 +229,19 @@ def cdgan_sweep(
     paths = Paths(project)
     threads = str(max(1, (os.cpu_count() or 1) // MAX_PARALLEL))  # parallel trials must not oversubscribe cores
     sweep_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with tracking.sweep_run(params[0], paths, sweep_id, {"grid": grid, "base": base or {}}) as parent_id:
-        env = {
-            "MLFLOW_TRACKING_URI": tracking.tracking_uri(paths),
-            tracking.PARENT_RUN_ENV: parent_id,
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads),
-        }
+    with (
+        _trial_runner(cluster) as runner,
+        tracking.sweep_run(params[0], paths, sweep_id, {"grid": grid, "base": base or {}}) as parent_id,
+    ):
+        env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(paths), tracking.PARENT_RUN_ENV: parent_id}
+        if cluster is None:  # on Dask the worker's environment decides (its processes get OMP_NUM_THREADS=1)
+            env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", threads)
         workspaces = [project / "sweeps" / sweep_id / trial_name(t) for t in trials]
         futures = [
-            run_trial.with_options(task_run_name=trial_name(t)).submit(project, w, _with_overrides(raw, t), env)
+            runner.submit(
+                run_trial.with_options(task_run_name=trial_name(t)),
+                {"project": project, "workspace": w, "raw": _with_overrides(raw, t), "env": env},
+            )
             for t, w in zip(trials, workspaces, strict=True)
         ]
         rows = [t | _numeric(f.result()) for t, f in zip(trials, futures, strict=True)]
@@ -223,11 +297,19 @@ if __name__ == "__main__":
     parser.add_argument("--grid", action="append", default=[], help="sweep: KEY=V1,V2 (repeatable)")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE override (every trial of a sweep)")
     parser.add_argument("--name", default="loss_comparison", help="sweep: report name under reports/")
+    parser.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="sweep: run the trials on the Dask scheduler at ADDRESS (tcp://host:8786) instead of "
+        f"{MAX_PARALLEL} local threads; needs pip install -e '.[dask]' and the project on a shared filesystem",
+    )
     args = parser.parse_args()
+    if args.cluster and not args.grid:
+        parser.error("--cluster runs sweep trials: give --grid too")
     try:
         overrides = {key: values[0] for key, values in _key_values(args.set).items()}
         if args.grid:
-            cdgan_sweep(_key_values(args.grid), overrides, args.project, args.name, args.params)
+            cdgan_sweep(_key_values(args.grid), overrides, args.project, args.name, args.params, args.cluster)
         else:
             cdgan_pipeline(params_path=args.params, project_dir=args.project, overrides=overrides)
     except CdganError as err:

@@ -1,0 +1,127 @@
+"""cdgan-sweep on a real Dask cluster: `dask scheduler` and two single-threaded `dask worker` processes on
+127.0.0.1, with the real Prefect harness server, real DVC trials and a real MLflow store."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import mlflow
+import pytest
+from distributed import Client
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.settings import PREFECT_API_URL
+
+from cdgan.errors import CdganError
+from pipelines import flows
+from tests.conftest import BIN, REPO, make_project, run, tiny_raw
+from tests.pipelines.conftest import client_env, free_port, serving
+
+N_WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def dask_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The address of a `dask scheduler` with N_WORKERS `dask worker` processes of one thread each.
+
+    The workers start outside the repo with nothing on PYTHONPATH, as on a cluster node: they import cdgan,
+    prefect and distributed from the venv, never this checkout's `pipelines` or `tests`.
+    """
+    root = tmp_path_factory.mktemp("dask")
+    address = f"tcp://127.0.0.1:{free_port()}"
+    env = {key: value for key, value in client_env().items() if key != "PYTHONPATH"}
+    with ExitStack() as stack:
+        dashboard = free_port()
+        scheduler = [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1]]
+        scheduler += ["--dashboard-address", f"127.0.0.1:{dashboard}"]
+        stack.enter_context(serving(scheduler, f"http://127.0.0.1:{dashboard}/health", root / "scheduler.log", env))
+        for n in range(N_WORKERS):
+            dashboard = free_port()
+            worker = [str(BIN / "dask"), "worker", address, "--nthreads", "1", "--host", "127.0.0.1"]
+            worker += ["--name", f"worker-{n}", "--dashboard-address", f"127.0.0.1:{dashboard}"]
+            worker += ["--local-directory", str(root / f"worker-{n}")]
+            log = root / f"worker-{n}.log"
+            stack.enter_context(serving(worker, f"http://127.0.0.1:{dashboard}/health", log, env))
+        with Client(address, timeout=60, set_as_default=False) as client:
+            client.wait_for_workers(N_WORKERS, timeout=120)
+        yield address
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_sweep_runs_its_trials_on_two_dask_worker_processes(
+    tmp_path: Path, mlflow_uri: str, dask_scheduler: str
+) -> None:
+    # given a project on the 2-D grid, two trials, and a cluster of two single-threaded worker processes
+    raw = tiny_raw(data={"dataset": "grid25", "n_points": 500}, train={"eval_every": 0})
+    project = make_project(tmp_path / "project", raw)
+    with Client(dask_scheduler, timeout=60, set_as_default=False) as client:
+        pids = client.run(os.getpid)  # {worker address: pid}
+    assert len(pids) == N_WORKERS, pids
+
+    # when the sweep flow runs on that cluster
+    state = flows.cdgan_sweep(
+        grid={"train.loss": ["cd", "bce"]},
+        project_dir=str(project),
+        name="dask_comparison",
+        cluster=dask_scheduler,
+        return_state=True,
+    )
+
+    # then both trials finished as Prefect task runs of the flow and the report has both rows
+    assert state.is_completed(), state.message
+    assert [row["train.loss"] for row in state.result()] == ["cd", "bce"]
+    with get_client(sync_client=True) as prefect:
+        task_runs = prefect.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    assert sorted((t.name, t.state.type.value) for t in task_runs) == [
+        ("loss=bce", "COMPLETED"),
+        ("loss=cd", "COMPLETED"),
+    ]
+    assert {p.name for p in (project / "reports" / "dask_comparison").iterdir()} == {"loss=cd.png", "loss=bce.png"}
+
+    # and each has its own finished MLflow run under the sweep's run
+    runs = mlflow.search_runs(experiment_names=["cdgan-grid25"], output_format="list")
+    (parent,) = [
+        r for r in runs if r.data.tags.get("cdgan.kind") == "sweep" and r.info.run_name.startswith("dask_comparison")
+    ]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["bce-k2-s0", "cd-k2-s0"]
+    assert all(r.info.status == "FINISHED" for r in children), [r.info.status for r in children]
+
+    # and the two trials ran in the two worker processes, one each, as their runs' tags record
+    tags = [r.data.tags for r in children]
+    assert sorted(t.get("cdgan.dask_worker", "") for t in tags) == sorted(pids), tags
+    for t in tags:
+        assert t["cdgan.worker"] == f"{socket.gethostname()}:{pids[t['cdgan.dask_worker']]}", t
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_bad_or_unreachable_scheduler_fails_before_any_trial(tmp_path: Path) -> None:
+    # given a project, and a port where no scheduler listens
+    project = make_project(tmp_path / "project", tiny_raw())
+    address = f"tcp://127.0.0.1:{free_port()}"
+
+    # when the sweep is pointed at it, it fails naming the address and how to start a cluster
+    with pytest.raises(CdganError, match=rf"Dask scheduler {address} is unreachable.*`dask scheduler`.*`dask worker"):
+        flows.cdgan_sweep(grid={"train.seed": [0, 1]}, project_dir=str(project), cluster=address)
+    # and an address without a port is refused as such
+    with pytest.raises(CdganError, match=r"'127\.0\.0\.1'.*missing port.*expected tcp://HOST:PORT"):
+        flows.cdgan_sweep(grid={"train.seed": [0, 1]}, project_dir=str(project), cluster="127.0.0.1")
+    # then no trial workspace was made
+    assert not (project / "sweeps").exists()
+
+    # and the CLI ends on that one error line and exits non-zero
+    cli = [sys.executable, str(REPO / "pipelines" / "flows.py"), "--project", str(project)]
+    result = run([*cli, "--grid", "train.seed=0,1", "--cluster", address], project, check=False,
+                 env={"PREFECT_API_URL": PREFECT_API_URL.value()})  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"cdgan: error: Dask scheduler {address} is unreachable"), result.stderr[-2000:]
+    assert "dask scheduler" in last and f"dask worker {address}" in last, last
+    assert not (project / "sweeps").exists()
