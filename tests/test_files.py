@@ -1,16 +1,26 @@
-"""Tests for cdgan.files: atomic writes, JSON metrics, and checkpoint loading that cannot run code."""
+"""Tests for cdgan.files: atomic writes, a full disk, JSON metrics, and checkpoint loading that cannot run code."""
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from cdgan.errors import CdganError
 from cdgan.files import load_torch, read_json, save_torch, write_atomic, write_json
+from cdgan.params import Paths
+from tests.conftest import BIN, REPO, run, tiny_raw
 
 
 class _WriterError(RuntimeError):
@@ -134,3 +144,130 @@ def test_load_torch_refuses_pickle_that_runs_code(tmp_path: Path) -> None:
     # and the payload is live: a plain unsafe load does run it (harmless here: it touches a file in tmp_path)
     torch.load(path, weights_only=False)
     assert marker.exists(), "test setup: the crafted pickle should run code when loaded unsafely"
+
+
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    """preexec_fn: writes past `limit` bytes fail with EFBIG (SIGXFSZ ignored, so they return an error
+    instead of killing the process), as on a full disk, but only for this child."""
+
+    def limit_child() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    return limit_child
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()} if folder.is_dir() else {}
+
+
+# writes `target` with ~4 MB under the limit that the test sets; prints the error line cli.main would print
+_LIMITED_WRITE = """
+import sys, torch
+from pathlib import Path
+from cdgan.errors import CdganError
+from cdgan.files import save_torch, write_json
+target, kind = Path(sys.argv[1]), sys.argv[2]
+try:
+    if kind == "torch":
+        save_torch(target, {"w": torch.zeros(1_000_000)})
+    else:
+        write_json(target, {"values": list(range(1_000_000))})
+except CdganError as err:
+    sys.exit(f"cdgan: error: {err}")
+"""
+
+
+@pytest.mark.parametrize("kind", ["torch", "json"])
+def test_a_full_disk_keeps_the_previous_file_and_leaves_no_temp_file(tmp_path: Path, kind: str) -> None:
+    # given an existing file
+    target = tmp_path / "out" / ("checkpoint.pt" if kind == "torch" else "eval.json")
+    (save_torch(target, {"w": torch.ones(3)}) if kind == "torch" else write_json(target, {"fid": 1.0}))
+    before = _files(target.parent)
+
+    # when a process whose writes stop at 1 MB (RLIMIT_FSIZE) replaces it with ~4 MB
+    result = subprocess.run(
+        [sys.executable, "-c", _LIMITED_WRITE, str(target), kind],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        preexec_fn=_file_size_limit(1_000_000),
+    )
+
+    # then it fails with one clear error, the old file is intact and no temp file is left beside it
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"cdgan: error: disk full while writing {target}: free space "), result.stderr
+    assert "File too large" in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert _files(target.parent) == before, "the previous file changed or a temp file was left"
+
+
+def test_a_full_disk_is_recognised_behind_a_library_error(tmp_path: Path) -> None:
+    # given a writer whose library wraps the OSError (as torch's own file writer does)
+    def wrapped(tmp: Path) -> None:
+        tmp.write_text("partial")
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+        except OSError as err:
+            raise RuntimeError("writer failed") from err
+
+    # when / then: one CdganError naming the file, nothing left behind
+    with pytest.raises(CdganError, match=r"^disk full while writing .*new\.json: free space [\d.]+ MiB on "):
+        write_atomic(tmp_path / "new.json", wrapped)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_os_errors_are_not_called_a_full_disk(tmp_path: Path) -> None:
+    def denied(tmp: Path) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp))
+
+    with pytest.raises(PermissionError):
+        write_atomic(tmp_path / "new.json", denied)
+    assert list(tmp_path.iterdir()) == []
+
+
+BIG_CHECKPOINT = {  # 2-D points (no classifier to prepare) but wide nets: a checkpoint of several MB
+    "data": {"dataset": "grid25", "n_points": 500},
+    "model": {"hidden": 384},
+    "train": {"steps": 100_000, "checkpoint_every": 5, "log_every": 5, "eval_every": 0, "cd_k": 1},
+}
+
+
+def test_cdgan_train_on_a_full_disk_keeps_the_last_checkpoint_and_exits_with_one_error(tmp_path: Path) -> None:
+    # given a project whose training was interrupted (Ctrl-C) after it wrote a resume checkpoint
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_raw(**BIG_CHECKPOINT)))
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}  # small, unlike the session's store
+    run(["cdgan", "prepare"], project, env=env)
+    resume = Paths(project).resume
+    env_path = {**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    first = subprocess.Popen(["cdgan", "train"], cwd=project, env=env_path, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not any(resume.glob("*.pt")) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert first.poll() is None, "test setup: training ended before its first checkpoint"
+    first.send_signal(signal.SIGINT)  # Ctrl-C: the atomic write it may be in removes its temp file
+    first.wait(60)
+    (checkpoint,) = resume.glob("*.pt")
+    before = {"resume": _files(resume), "models": _files(Paths(project).models)}
+    size = checkpoint.stat().st_size
+    store_size = (tmp_path / "mlflow.db").stat().st_size
+    assert size > 4 * store_size, f"test setup: a {size} B checkpoint must dwarf the {store_size} B store"
+
+    # when training resumes in a process that cannot write a file past half a checkpoint
+    limited = subprocess.run(
+        ["cdgan", "train"], cwd=project, env=env_path, capture_output=True, text=True,
+        preexec_fn=_file_size_limit(size // 2), timeout=300,
+    )  # fmt: skip
+
+    # then it stops with one line naming the checkpoint, and the checkpoint on disk is the one before
+    assert limited.returncode == 1, limited.stderr[-3000:]
+    error = [line for line in limited.stderr.splitlines() if line.startswith("cdgan: error:")]
+    assert error and error[0].startswith(f"cdgan: error: disk full while writing {checkpoint.relative_to(project)}"), (
+        limited.stderr[-3000:]
+    )
+    assert "free space" in error[0] and "Traceback" not in limited.stderr, limited.stderr[-3000:]
+    after = {"resume": _files(resume), "models": _files(Paths(project).models)}
+    assert after == before, "the previous checkpoint changed, or a temp file or model file was left"
+    assert load_torch(checkpoint, "checkpoint")["step"] % 5 == 0, "the kept checkpoint still loads"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -14,10 +17,10 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from cdgan import registry, stages
+from cdgan import registry, stages, tracking
 from cdgan.models import build_models
 from cdgan.params import ModelParams, Params, Paths, RegisterParams
-from tests.conftest import run
+from tests.conftest import REPO, run
 
 COMPARABLE = {"dataset": "grid25", "feature_extractor": "none"}
 
@@ -64,6 +67,64 @@ def test_first_version_is_champion_a_worse_one_is_not_a_better_one_is(sampler_ur
     assert better.alias == "champion" and _champion(name) == better.version
     reason = MlflowClient().get_model_version(name, str(worse.version)).tags["alias_reason"]
     assert reason == worse.reason, "the reason is stored as a tag"
+
+
+# One registration in a fresh process: model URI, name and `modes` value from argv.
+_REGISTER = """
+import sys
+from cdgan import registry
+uri, name, modes = sys.argv[1], sys.argv[2], float(sys.argv[3])
+comparable = {"dataset": "grid25", "feature_extractor": "none"}
+reg = registry.register_version(uri, name, "modes", modes, False, comparable, 0.0)
+print(reg.version, reg.alias)
+"""
+
+
+def test_concurrent_registrations_take_turns_on_the_alias_and_the_better_one_wins(
+    sampler_uri: str, mlflow_uri: str
+) -> None:
+    name = f"race-{uuid.uuid4().hex[:8]}"
+    client = MlflowClient(mlflow_uri)
+
+    # given the alias lock held here while two processes register versions (modes 20, then the better 25)
+    with tracking.store_lock(mlflow_uri, f"alias-{name}"):
+        procs = {
+            modes: subprocess.Popen(
+                [sys.executable, "-c", _REGISTER, sampler_uri, name, str(modes)],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for modes in (20, 25)
+        }
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            versions = client.search_model_versions(f"name = '{name}'")
+            if len(versions) == 2 and all("forced" in v.tags for v in versions):
+                break
+            assert all(proc.poll() is None for proc in procs.values()), [p.communicate() for p in procs.values()]
+            time.sleep(0.2)
+
+        # then both versions exist with their gate terms, and neither has moved an alias: both wait for the lock
+        assert len(versions) == 2 and all("forced" in v.tags for v in versions), "versions were not registered"
+        assert client.get_registered_model(name).aliases == {}, "an alias moved while the lock was held"
+        assert all(proc.poll() is None for proc in procs.values())
+
+    # when the lock is released, they decide one after the other
+    outputs = {modes: proc.communicate(timeout=120) for modes, proc in procs.items()}
+    for modes, proc in procs.items():
+        assert proc.returncode == 0, outputs[modes][1][-3000:]
+
+    # then the better version is champion, whichever went first
+    better, better_alias = outputs[25][0].split()
+    assert better_alias == "champion", outputs
+    assert client.get_registered_model(name).aliases[registry.CHAMPION] == int(better)
+
+    # and the second one was judged against the first, not against the empty registry both started from
+    reasons = {v.version: v.tags["alias_reason"] for v in client.search_model_versions(f"name = '{name}'")}
+    first, second = sorted(reasons, key=lambda v: not reasons[v].startswith("first version"))
+    assert reasons[first] == "first version" and f"champion v{first} " in reasons[second], reasons
 
 
 def test_lower_is_better_metrics_and_margin(sampler_uri: str) -> None:

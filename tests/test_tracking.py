@@ -1,11 +1,18 @@
-"""Tracking: lineage tags, and metrics that outlive a tracking server going away mid-run (a real `mlflow server`)."""
+"""Tracking: lineage tags, runs that outlive a tracking server going away mid-run or at their end (a real
+`mlflow server`), and several processes starting runs on one fresh SQLite store at once."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -15,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from cdgan import tracking
 from cdgan.params import Params, Paths
-from tests.conftest import BIN, run
+from tests.conftest import BIN, REPO, run
 from tests.test_serving import free_port, start_server, stop_server
 
 
@@ -66,46 +73,246 @@ def test_a_bad_metric_is_a_bug_and_raises_not_buffered(
     assert MlflowClient(mlflow_uri).get_run(run_id).data.metrics == {"good": 1.0}
 
 
-def test_metrics_logged_while_the_server_is_down_are_kept_then_flushed(
-    tiny_params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _keeps_tracking_uri: None
-) -> None:
-    # given a real tracking server (SQLite and artifacts in tmp_path) and a pipeline run on it
+@dataclass
+class _Server:
+    """A real `mlflow server` (SQLite and artifacts in a temporary folder) that a test stops and starts."""
+
+    cmd: list[str]
+    url: str
+    env: dict[str, str]
+    log: Path
+    process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = start_server(self.cmd, f"{self.url}/health", self.env, self.log)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_server(self.process)
+
+
+@pytest.fixture
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _keeps_tracking_uri: None) -> Iterator[_Server]:
+    """A running server that MLFLOW_TRACKING_URI points at, with short retries so outages show quickly."""
     port = free_port()
-    uri = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
     cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
            "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1"]  # fmt: skip
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    log = tmp_path / "server.log"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # only cdgan's retries, so the test is quick
     monkeypatch.setattr(tracking, "RETRY_DELAYS", (0.2,))
-    paths = Paths(tmp_path / "project")
-    server = start_server(cmd, f"{uri}/health", env, log)
+    monkeypatch.setattr(tracking, "END_RETRY_DELAYS", (0.2, 0.2))
+    handle = _Server(cmd, url, env, tmp_path / "server.log")
+    handle.start()
     try:
-        with tracking.tracked_run(tiny_params, paths) as run_id:
-            tracking.log_metrics(0, {"loss": 1.0})
-            pending = paths.mlruns / tracking.PENDING_DIR / f"{run_id}.jsonl"
-
-            # when the server stops between two log calls
-            stop_server(server)
-            tracking.log_metrics(1, {"loss": 2.0})
-            tracking.log_metrics(2, {"loss": 3.0, "fid": 9.0})
-
-            # then nothing raises and the values wait in the pending file
-            lines = [json.loads(line) for line in pending.read_text().splitlines()]
-            assert [(line["step"], line["values"]) for line in lines] == [
-                (1, {"loss": 2.0}),
-                (2, {"loss": 3.0, "fid": 9.0}),
-            ]
-
-            # and once the server is back, the run's end logs them
-            server = start_server(cmd, f"{uri}/health", env, log)
-        client = MlflowClient(uri)
-        history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "loss"))
-        assert history == [(0, 1.0), (1, 2.0), (2, 3.0)]
-        assert client.get_run(run_id).data.metrics["fid"] == 9.0
-        assert client.get_run(run_id).info.status == "FINISHED"
-        assert not pending.exists(), "a flushed pending file is deleted"
+        yield handle
     finally:
-        stop_server(server)
+        handle.stop()
+
+
+def test_metrics_logged_while_the_server_is_down_are_kept_then_flushed(
+    tiny_params: Params, tmp_path: Path, server: _Server
+) -> None:
+    # given a pipeline run on a real tracking server
+    paths = Paths(tmp_path / "project")
+    with tracking.tracked_run(tiny_params, paths) as run_id:
+        tracking.log_metrics(0, {"loss": 1.0})
+        pending = paths.mlruns / tracking.PENDING_DIR / f"{run_id}.jsonl"
+
+        # when the server stops between two log calls
+        server.stop()
+        tracking.log_metrics(1, {"loss": 2.0})
+        tracking.log_metrics(2, {"loss": 3.0, "fid": 9.0})
+
+        # then nothing raises and the values wait in the pending file
+        lines = [json.loads(line) for line in pending.read_text().splitlines()]
+        assert [(line["step"], line["values"]) for line in lines] == [
+            (1, {"loss": 2.0}),
+            (2, {"loss": 3.0, "fid": 9.0}),
+        ]
+
+        # and once the server is back, the run's end logs them
+        server.start()
+    client = MlflowClient(server.url)
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "loss"))
+    assert history == [(0, 1.0), (1, 2.0), (2, 3.0)]
+    assert client.get_run(run_id).data.metrics["fid"] == 9.0
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert not pending.exists(), "a flushed pending file is deleted"
+
+
+def test_the_run_end_is_tried_again_with_backoff_until_the_server_is_back(
+    tiny_params: Params,
+    tmp_path: Path,
+    server: _Server,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # given end retries spanning a minute, long enough for a server restart
+    monkeypatch.setattr(tracking, "END_RETRY_DELAYS", (1.0, 2.0, 4.0, 8.0, 16.0, 32.0))
+    paths = Paths(tmp_path / "project")
+    restart = threading.Thread(target=server.start)
+
+    # when the server stops just before the run ends, and comes back while it ends
+    with caplog.at_level(logging.INFO, logger="cdgan.tracking"), tracking.tracked_run(tiny_params, paths) as run_id:
+        tracking.log_metrics(0, {"loss": 1.0})
+        server.stop()
+        restart.start()
+    restart.join()
+
+    # then the end was refused at first, tried again, and reached the store: nothing pending
+    assert any("trying again" in record.getMessage() for record in caplog.records), "the first end did not fail"
+    assert MlflowClient(server.url).get_run(run_id).info.status == "FINISHED"
+    assert not (paths.mlruns / tracking.PENDING_DIR).exists() or not any(
+        (paths.mlruns / tracking.PENDING_DIR).iterdir()
+    )
+
+
+def test_closing_a_run_on_a_dead_server_does_not_wait_out_mlflow_s_own_retries(
+    tiny_params: Params, tmp_path: Path, server: _Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given MLflow's default HTTP retries: 7, with doubling backoff, about 4 minutes per call to a dead server
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    paths = Paths(tmp_path / "project")
+
+    # when the server dies before the run ends
+    with tracking.tracked_run(tiny_params, paths) as run_id:
+        tracking.log_metrics(0, {"loss": 1.0})
+        server.stop()
+        closing = time.monotonic()
+    seconds = time.monotonic() - closing
+
+    # then the end goes to the pending file after cdgan's own backoff (here 0.4 s), not MLflow's minutes
+    assert seconds < 60, f"closing took {seconds:.0f}s: it waited out MLflow's HTTP retries"
+    rows = [json.loads(line) for line in (paths.mlruns / tracking.PENDING_DIR / f"{run_id}.jsonl").open()]
+    assert [(row["kind"], row["status"]) for row in rows] == [("end", "FINISHED")]
+    assert mlflow.active_run() is None, "the run is still open in this process"
+
+
+def test_a_run_that_ends_while_the_server_is_down_is_ended_later_from_the_pending_file(
+    tiny_params: Params, tmp_path: Path, server: _Server
+) -> None:
+    paths = Paths(tmp_path / "project")
+    pending_dir = paths.mlruns / tracking.PENDING_DIR
+    client = MlflowClient(server.url)
+    csv = tmp_path / "losses.csv"
+    csv.write_text("step,loss\n1,2.0\n")
+
+    # given a run that logs a metric and an artifact and ends while the server is down
+    with tracking.tracked_run(tiny_params, paths) as finished_id:
+        tracking.log_metrics(0, {"loss": 1.0})
+        server.stop()
+        tracking.log_metrics(1, {"loss": 2.0})
+        tracking.log_artifact(csv, "plots")
+    csv.write_text("edited after the run\n")
+
+    # then the block did not fail: metric, a copy of the artifact and the end wait in the pending file
+    rows = [json.loads(line) for line in (pending_dir / f"{finished_id}.jsonl").read_text().splitlines()]
+    assert [row["kind"] for row in rows] == ["metrics", "artifact", "end"], rows
+    assert rows[2]["status"] == "FINISHED" and Path(rows[1]["path"]).read_text() == "step,loss\n1,2.0\n"
+    server.start()
+    assert client.get_run(finished_id).info.status == "RUNNING", "the store never heard of the end"
+
+    # when the next run in this project starts (the server is up), then fails while the server is down
+    with (
+        pytest.raises(ValueError, match="the stage's own error"),
+        tracking.tracked_run(tiny_params, paths) as failed_id,
+    ):
+        # then the first run was ended from the pending file, with its own end time, metric and artifact
+        finished = client.get_run(finished_id)
+        assert (finished.info.status, finished.info.end_time) == ("FINISHED", rows[2]["end_time"])
+        assert sorted((m.step, m.value) for m in client.get_metric_history(finished_id, "loss")) == [(0, 1.0), (1, 2.0)]
+        logged = mlflow.artifacts.download_artifacts(run_id=finished_id, artifact_path="plots/losses.csv",
+                                                     dst_path=str(tmp_path / "download"))  # fmt: skip
+        assert Path(logged).read_text() == "step,loss\n1,2.0\n", "the artifact as it was when logged"
+        assert sorted(p.name for p in pending_dir.iterdir()) == [], "sent lines and copies are deleted"
+        server.stop()
+        raise ValueError("the stage's own error")  # not an MLflow error: the outage stays out of the way
+
+    # and the FAILED end waits too, until the next run starts
+    rows = [json.loads(line) for line in (pending_dir / f"{failed_id}.jsonl").read_text().splitlines()]
+    assert [(row["kind"], row.get("status")) for row in rows] == [("end", "FAILED")]
+    server.start()
+    with tracking.tracked_run(tiny_params, paths):
+        assert client.get_run(failed_id).info.status == "FAILED"
+    assert client.get_run(finished_id).info.status == "FINISHED"
+
+
+# Holds the SQLite database's write lock for argv[2] seconds: longer than MLflow's 20 s busy timeout.
+_HOLD_LOCK = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_locked_sqlite_store_is_tried_again_not_fatal(
+    tiny_params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    _keeps_tracking_uri: None,
+) -> None:  # fmt: skip
+    db = tmp_path / "store" / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    paths = Paths(tmp_path / "project")
+    with caplog.at_level(logging.INFO, logger="cdgan.tracking"), tracking.tracked_run(tiny_params, paths) as run_id:
+        # given another process holding the database's write lock past MLflow's busy timeout (20 s)
+        holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(db), "22"], stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline() == "locked\n"
+
+        # when the run logs a metric
+        tracking.log_metrics(0, {"loss": 1.0})
+    holder.wait()
+
+    # then the store said "database is locked", cdgan tried again, and the metric reached the run directly
+    assert any("database is locked" in record.getMessage() for record in caplog.records), "the lock did not bite"
+    assert MlflowClient(uri).get_run(run_id).data.metrics == {"loss": 1.0}
+    assert not (paths.mlruns / tracking.PENDING_DIR).exists(), "nothing needed the pending file"
+
+
+# Starts a run in a fresh process once the test says go, so that several open one new SQLite store together.
+_START_TOGETHER = """
+import sys, time
+from pathlib import Path
+from cdgan import tracking
+from cdgan.params import Params, Paths
+ready, go, project = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+ready.touch()
+while not go.exists():
+    time.sleep(0.01)
+with tracking.tracked_run(Params(), Paths(project)) as run_id:
+    tracking.log_metrics(0, {"loss": 1.0})
+print(run_id)
+"""
+
+
+def test_processes_starting_runs_on_one_new_sqlite_store_at_once_all_succeed(tmp_path: Path) -> None:
+    # given three processes, imports done, pointed at one SQLite file that does not exist yet
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
+    go = tmp_path / "go"
+    procs = []
+    for i in range(3):
+        cmd = [sys.executable, "-c", _START_TOGETHER, str(tmp_path / f"ready{i}"), str(go), str(tmp_path / f"p{i}")]
+        procs.append(
+            subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    deadline = time.monotonic() + 180
+    while not all((tmp_path / f"ready{i}").exists() for i in range(3)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    # when they create the store's tables, the experiment and a run in it at the same moment
+    go.touch()
+    results = [proc.communicate(timeout=300) for proc in procs]
+
+    # then every one succeeds, with its own run, all in one experiment
+    for proc, (_, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+    run_ids = [out.split()[-1] for out, _ in results]
+    client = MlflowClient(uri)
+    runs = [client.get_run(run_id) for run_id in run_ids]
+    assert len(set(run_ids)) == 3 and len({r.info.experiment_id for r in runs}) == 1
+    assert all(r.info.status == "FINISHED" and r.data.metrics == {"loss": 1.0} for r in runs)

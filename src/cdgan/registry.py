@@ -23,10 +23,11 @@ from cdgan.files import load_torch, save_torch
 from cdgan.models import EnergyNet, Generator, build_models
 from cdgan.params import ModelParams
 from cdgan.sampler import draw_samples
+from cdgan.tracking import retried, store_lock
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 FORMATS = ("array", "png")  # the Sampler's predict param `format`
-_DECIDE_TRIES = 3  # alias decisions retaken when the champion moves meanwhile; more means a registration storm
+_DECIDE_TRIES = 3  # decisions retaken when a writer on another machine moves the champion under ours
 
 
 @dataclass(frozen=True)
@@ -135,13 +136,15 @@ def log_sampler(bundle_path: Path, params: dict[str, Any] | None = None, picture
         params=ParamSchema([ParamSpec("format", "string", FORMATS[0])]),
     )
     artifacts = {"bundle": str(bundle_path)} | ({"samples_png": str(picture)} if picture is not None else {})
-    info = mlflow.pyfunc.log_model(
-        name="sampler",
-        python_model=Sampler(),
-        artifacts=artifacts,
-        signature=signature,
-        input_example=example,
-        metadata={"cdgan_params": params} if params else None,
+    info = retried(
+        lambda: mlflow.pyfunc.log_model(
+            name="sampler",
+            python_model=Sampler(),
+            artifacts=artifacts,
+            signature=signature,
+            input_example=example,
+            metadata={"cdgan_params": params} if params else None,
+        )
     )
     return info.model_uri
 
@@ -180,35 +183,46 @@ def register_version(
     extractor), or if `force`; otherwise `challenger`. The reason is the version tag `alias_reason`.
 
     `tags` (lineage, evaluation metrics), `comparable`, `metric` and `forced` ("true" / "false") are set on
-    the version before the alias moves, so the next registration can compare against it.
+    the version before the alias moves, so the next registration can compare against it. Store calls are
+    tried again on transient errors (a locked SQLite file, a server restarting).
 
-    Concurrent registrations: MLflow has no compare-and-set for aliases. The champion is read again right
-    before the alias is written, and the decision is taken again if it moved meanwhile. What remains is
-    the window between that last read and the write (one store round trip): two versions registered
-    within it are both judged against the same old champion, and the later write wins.
+    Concurrent registrations. MLflow has no compare-and-set for aliases, so the read-compare-set runs under
+    `store_lock(uri, "alias-<name>")`, an OS file lock: beside the database for a SQLite store (every
+    process that opens that file), in the temp directory under the URI's hash for a server (every process on
+    this machine). Registrations sharing the lock are serialised: each one reads the champion that the one
+    before it left, so however they overlap, the champion ends where registering them one after another (in
+    lock order) would put it; with two comparable versions, the better one by more than `min_improvement`.
+    Writers that do not share the lock (another machine against the same server) are not serialised: after
+    setting `champion`, the alias is read back, and if such a writer moved it meanwhile the decision is
+    taken again against the new champion (at most _DECIDE_TRIES times). This repairs an overwrite that lands
+    before the read-back; one that lands after it (a writer whose own read preceded our write and whose
+    write follows our read-back) can still leave the worse version champion. Run registrations of one model
+    from one machine, or through one pipeline at a time, where that matters.
     """
     client = MlflowClient()
-    version = mlflow.register_model(model_uri, name).version
+    version = retried(lambda: mlflow.register_model(model_uri, name)).version
     own_tags = {**(tags or {}), **comparable, "metric": metric, metric: str(value), "forced": str(force).lower()}
     for key, tag in own_tags.items():
-        client.set_model_version_tag(name, version, key, tag)
-    champion = _champion(client, name)
-    for _ in range(_DECIDE_TRIES):
-        alias, reason = _decide_alias(champion, metric, value, lower_is_better, comparable, min_improvement)
-        if force and alias != CHAMPION:
-            alias, reason = CHAMPION, f"forced (--force) over: {reason}"
-        latest = _champion(client, name)  # the re-read right before the write
-        if _version_of(latest) == _version_of(champion):
-            break
-        champion = latest
-    client.set_registered_model_alias(name, alias, version)
-    client.set_model_version_tag(name, version, "alias_reason", reason)
+        retried(lambda key=key, tag=tag: client.set_model_version_tag(name, version, key, tag))
+    with store_lock(mlflow.get_tracking_uri(), f"alias-{name}"):
+        for _ in range(_DECIDE_TRIES):
+            champion = _champion(client, name)
+            alias, reason = _decide_alias(champion, metric, value, lower_is_better, comparable, min_improvement)
+            if force and alias != CHAMPION:
+                alias, reason = CHAMPION, f"forced (--force) over: {reason}"
+            retried(lambda alias=alias: client.set_registered_model_alias(name, alias, version))
+            if alias != CHAMPION or _version_of(_champion(client, name)) == version:  # compare after set
+                break
+        else:
+            alias, reason = CHALLENGER, f"champion moved {_DECIDE_TRIES} times by other machines right after ours"
+            retried(lambda: client.set_registered_model_alias(name, CHALLENGER, version))
+        retried(lambda: client.set_model_version_tag(name, version, "alias_reason", reason))
     return Registration(int(version), alias, reason)
 
 
 def _champion(client: MlflowClient, name: str) -> ModelVersion | None:
     try:
-        return client.get_model_version_by_alias(name, CHAMPION)
+        return retried(lambda: client.get_model_version_by_alias(name, CHAMPION))
     except MlflowException as err:
         if err.get_http_status_code() in (400, 404):  # no alias yet (400) or no registered model (404)
             return None

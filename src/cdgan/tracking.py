@@ -1,4 +1,5 @@
-"""MLflow runs: the store, one run per pipeline execution, params, metrics (kept while it is down), lineage tags."""
+"""MLflow runs: the store, one run per pipeline execution, params, metrics, artifacts and the run's end (kept
+while the store is down), lineage tags, and the lock that serialises writers of one store on this machine."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import hashlib
 import json
 import logging
 import os
+import re
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +22,7 @@ from urllib.parse import urlparse
 
 import mlflow
 import requests
+from filelock import FileLock, Timeout
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -30,9 +35,12 @@ DEFAULT_DB = "mlflow.db"
 LOCAL_UI = "http://127.0.0.1:5000"  # `make serve` / `mlflow ui` default
 PARENT_RUN_ENV = "CDGAN_PARENT_RUN_ID"  # set by the sweep flow: trial runs nest under the sweep's run
 PIPELINE_OUTPUTS = ("dvc.lock", "metrics", "plots", "**/.gitignore")  # written by `dvc repro` itself
-RETRY_DELAYS = (1.0, 2.0)  # seconds before the 2nd and 3rd try of a log call (after MLflow's own HTTP retries)
+RETRY_DELAYS = (1.0, 2.0)  # seconds before the 2nd and 3rd try of a store call (after MLflow's own HTTP retries)
+END_RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # the run's end is tried longer: it is the one call that settles its status
 OFFLINE_SECONDS = 30.0  # after a log call failed for good, later ones go straight to the pending file this long
-PENDING_DIR = "pending"  # under mlruns/: <run id>.jsonl, metrics the store did not take yet
+PENDING_DIR = "pending"  # under mlruns/: <run id>.jsonl (and <run id>/ for artifacts) the store did not take yet
+HTTP_RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"  # MLflow's retries inside each call: 7, minutes in all
+LOCK_SECONDS = 300.0  # waiting longer for a store lock means a stuck process: fail with its path
 _log = logging.getLogger(__name__)
 
 
@@ -55,6 +63,11 @@ def connect(paths: Paths) -> str:
             ) from None
     elif scheme == "sqlite":
         _sqlite_path(uri).parent.mkdir(parents=True, exist_ok=True)
+        # MLflow creates a fresh database's tables without a lock: two processes starting on one new file
+        # both try, and one fails. Opening both stores (tracking, registry) under the lock creates them once.
+        with store_lock(uri, "init"):
+            retried(lambda: MlflowClient(uri).search_experiments(max_results=1))
+            retried(lambda: MlflowClient(uri).search_registered_models(max_results=1))
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -63,15 +76,56 @@ def _sqlite_path(uri: str) -> Path:
     return Path(uri.removeprefix("sqlite:///"))
 
 
+@contextmanager
+def store_lock(uri: str, key: str) -> Iterator[None]:
+    """An exclusive OS file lock named `key`, shared by every process on this machine that uses store `uri`.
+
+    For a SQLite store the lock file sits beside the database (.cdgan-locks/), so every process that opens
+    that file shares it, however its URI spells the path; for other stores it sits in the temp directory
+    under a hash of the URI, so it serialises the processes on this machine that use that exact URI. It is
+    an flock: the kernel drops it when its process dies, so a crash never leaves the store locked (it does
+    not hold across machines, nor reliably on network file systems).
+    """
+    is_sqlite = urlparse(uri).scheme == "sqlite"
+    folder = _sqlite_path(uri).parent / ".cdgan-locks" if is_sqlite else None
+    if folder is not None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:  # a read-only folder: this process cannot write the store there either, any lock will do
+            folder = None
+    if folder is None:
+        key_uri = str(_sqlite_path(uri).resolve()) if is_sqlite else uri
+        folder = Path(tempfile.gettempdir()) / "cdgan-locks" / hashlib.sha256(key_uri.encode()).hexdigest()[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^\w.-]", "_", key)[:60] + "-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+    lock = FileLock(folder / f"{name}.lock", timeout=LOCK_SECONDS, mode=0o666)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise CdganError(
+            f"{lock.lock_file}: held by another process for over {LOCK_SECONDS:.0f}s (a cdgan stage writing to "
+            f"{uri}); wait for it, or stop that process if it hangs"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _experiment_id(name: str, uri: str) -> str:
     client = MlflowClient()
-    experiment = client.get_experiment_by_name(name)
+    experiment = retried(lambda: client.get_experiment_by_name(name))
     if experiment is not None:
         return experiment.experiment_id
     artifact_location = None
     if urlparse(uri).scheme == "sqlite":  # keep artifacts beside the database, not in the working directory
         artifact_location = (_sqlite_path(uri).parent / "artifacts").resolve().as_uri()
-    return client.create_experiment(name, artifact_location=artifact_location)
+    try:
+        return retried(lambda: client.create_experiment(name, artifact_location=artifact_location))
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id  # a concurrent run created it meanwhile
 
 
 def flat_params(params: Params) -> dict[str, Any]:
@@ -109,17 +163,6 @@ def lineage_tags(root: Path) -> dict[str, str]:
     return tags
 
 
-@contextmanager
-def _ends_active_run() -> Iterator[None]:
-    """FINISHED when the block completes; FAILED on any error or interrupt, never left RUNNING."""
-    try:
-        yield
-    except BaseException:
-        mlflow.end_run("FAILED")
-        raise
-    mlflow.end_run()
-
-
 def run_link(paths: Paths, run_id: str) -> str:
     """The run's page in the MLflow UI: the tracking server itself, or the local UI `make serve` starts."""
     uri = tracking_uri(paths)
@@ -136,127 +179,278 @@ def experiment_name(params: Params) -> str:
 def sweep_run(params: Params, paths: Paths, name: str, sweep_params: dict[str, Any]) -> Iterator[str]:
     """The parent run of a sweep, in the data set's experiment; trials nest under it through PARENT_RUN_ENV."""
     uri = connect(paths)
-    run = mlflow.start_run(experiment_id=_experiment_id(experiment_name(params), uri), run_name=name)
-    mlflow.log_params({f"sweep.{key}": value for key, value in sweep_params.items()})
-    mlflow.set_tags(lineage_tags(paths.root) | {"cdgan.kind": "sweep"})
-    with _ends_active_run():
+    _flush_closed(paths)
+    experiment_id = _experiment_id(experiment_name(params), uri)
+    run = retried(lambda: mlflow.start_run(experiment_id=experiment_id, run_name=name))
+    with _open_run(paths, run.info.run_id):
+        retried(lambda: mlflow.log_params({f"sweep.{key}": value for key, value in sweep_params.items()}))
+        retried(lambda: mlflow.set_tags(lineage_tags(paths.root) | {"cdgan.kind": "sweep"}))
         yield run.info.run_id
 
 
 @contextmanager
 def tracked_run(params: Params, paths: Paths, run_id: str | None = None) -> Iterator[str]:
-    """Open the pipeline's run (new, or `run_id` to continue it); on any error it ends FAILED."""
+    """Open the pipeline's run (new, or `run_id` to continue it); on any error it ends FAILED.
+
+    Every store call is tried again on transient errors (RETRY_DELAYS). Inside the block, metrics and
+    artifacts the store cannot take wait in mlruns/pending/ (see `log_metrics`), and so does the run's end
+    (FINISHED or FAILED, with its time) if the store is still down after END_RETRY_DELAYS: logging metrics and
+    artifacts and ending the run never fail the block because the store went away. What a run left there is
+    sent at its close if the store is back, else by the next `tracked_run` in this project, before it starts.
+    """
     uri = connect(paths)
+    _flush_closed(paths)
     if run_id is None:
         experiment_id = _experiment_id(experiment_name(params), uri)
-        run = mlflow.start_run(
-            experiment_id=experiment_id,
-            run_name=f"{params.train.loss}-k{params.train.cd_k}-s{params.train.seed}",
-            parent_run_id=os.environ.get(PARENT_RUN_ENV) or None,
+        run = retried(
+            lambda: mlflow.start_run(
+                experiment_id=experiment_id,
+                run_name=f"{params.train.loss}-k{params.train.cd_k}-s{params.train.seed}",
+                parent_run_id=os.environ.get(PARENT_RUN_ENV) or None,
+            )
         )
-        mlflow.log_params(flat_params(params))
+        with _open_run(paths, run.info.run_id):
+            retried(lambda: mlflow.log_params(flat_params(params)))
+            retried(lambda: mlflow.set_tags(lineage_tags(paths.root)))
+            yield run.info.run_id
     else:
-        run = mlflow.start_run(run_id=run_id)
-    mlflow.set_tags(lineage_tags(paths.root))
-    pending = _Pending(paths.mlruns / PENDING_DIR / f"{run.info.run_id}.jsonl")
+        retried(lambda: mlflow.start_run(run_id=run_id))
+        with _open_run(paths, run_id):
+            retried(lambda: mlflow.set_tags(lineage_tags(paths.root)))
+            yield run_id
+
+
+@contextmanager
+def _open_run(paths: Paths, run_id: str) -> Iterator[None]:
+    """The active run's pending buffer for the block, sent when it ends; then the run ends, FINISHED or FAILED
+    (an error or interrupt), never left RUNNING."""
+    pending = _Pending(paths.mlruns / PENDING_DIR / f"{run_id}.jsonl")
     token = _pending.set(pending)
     try:
-        with _ends_active_run():
-            try:
-                yield run.info.run_id
-            finally:  # also after an error: what was measured still reaches the (FAILED) run
-                _flush(pending, run.info.run_id)
+        try:
+            yield
+        finally:  # also after an error: what was measured still reaches the (FAILED) run
+            _flush(pending, run_id)
+    except BaseException:
+        _end_run(run_id, "FAILED", pending)
+        raise
     finally:
         _pending.reset(token)
+    _end_run(run_id, "FINISHED", pending)
+
+
+def _end_run(run_id: str, status: str, pending: _Pending) -> None:
+    """End the active run; a store that stays down through END_RETRY_DELAYS gets the end later, from the
+    pending file, with this end time (the retries only delay the close; the stage itself succeeds)."""
+    end_time = int(time.time() * 1000)
+
+    def end() -> None:
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            with _without_http_retries():  # a dead server fails this first try at once; the backoff is ours
+                mlflow.end_run(status)  # takes the run off this process's stack first, then tells the store
+        else:  # a retry: the run is off the stack already
+            _check_reachable()
+            MlflowClient().set_terminated(run_id, status, end_time)
+
+    try:
+        retried(end, END_RETRY_DELAYS)
+    except Exception as err:
+        if not is_transient(err):
+            raise
+        pending.append({"kind": "end", "status": status, "end_time": end_time})
+        _log.warning("MLflow did not take the end (%s) of run %s (%s); kept in %s", status, run_id, err, pending.path)
 
 
 def set_tags(tags: dict[str, str]) -> None:
-    mlflow.set_tags(tags)
+    retried(lambda: mlflow.set_tags(tags))
 
 
 @dataclass
 class _Pending:
-    """The open run's metrics that the store did not take, one JSON line per log call, until flushed."""
+    """What the open run could not log yet, one JSON line per call, in order, until sent: metrics (step, time,
+    values), artifacts (a copy under <run id>/) and the run's end (status, time)."""
 
     path: Path  # mlruns/pending/<run id>.jsonl
     retry_at: float = 0.0  # time.monotonic() before which log calls skip the store
 
-    def append(self, step: int | None, timestamp: int, values: dict[str, float]) -> None:
+    @property
+    def files(self) -> Path:
+        return self.path.with_suffix("")  # mlruns/pending/<run id>/: copies of artifacts not yet logged
+
+    def append(self, line: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:  # appends, not write_atomic: a crash keeps every line written so far
-            floats = {key: float(value) for key, value in values.items()}  # numpy scalars are not JSON
-            f.write(json.dumps({"step": step, "timestamp": timestamp, "values": floats}) + "\n")
+            f.write(json.dumps(line) + "\n")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def is_closed(self) -> bool:
+        """The run ended here (its end is a line): no process appends to this file any more."""
+        return self.path.exists() and any(row.get("kind") == "end" for row in self.rows())
 
 
-_pending: ContextVar[_Pending | None] = ContextVar("cdgan_pending_metrics", default=None)  # set by tracked_run
+_pending: ContextVar[_Pending | None] = ContextVar("cdgan_pending", default=None)  # set by _open_run
 
 
 def log_metrics(step: int | None, values: dict[str, float]) -> None:
     """Log to the active run. Inside `tracked_run` a metric the store cannot take never fails the run.
 
-    Transient errors (HTTP 5xx or 429, connection errors) are tried again after RETRY_DELAYS; if the store
-    still fails, the values go to mlruns/pending/<run id>.jsonl with their step and time, later calls skip
-    the store for OFFLINE_SECONDS, and the end of `tracked_run` logs the file and deletes it (a later stage
-    continuing the same run tries again if the store is still down then). MLflow's own HTTP retries
-    (MLFLOW_HTTP_REQUEST_MAX_RETRIES, minutes by default) run inside each try: lower them to fall back sooner.
-    Delivery is at least once: a request the server took but did not answer in time may be logged twice.
+    Transient errors (HTTP 5xx or 429, connection errors, a locked SQLite file) are tried again after
+    RETRY_DELAYS; if the store still fails, the values go to mlruns/pending/<run id>.jsonl with their step
+    and time, later calls skip the store for OFFLINE_SECONDS, and the end of `tracked_run` logs the file and
+    deletes it (if the store is still down then, the next `tracked_run` in this project does). MLflow's own
+    HTTP retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES, minutes by default) run inside each try: lower them to
+    fall back sooner. Delivery is at least once: a request the server took but did not answer in time may
+    be logged twice.
     """
     timestamp = int(time.time() * 1000)  # kept with buffered values, so a later flush logs the original time
+    if not _logged(lambda: mlflow.log_metrics(values, step=step, timestamp=timestamp), f"metrics at step {step}"):
+        floats = {key: float(value) for key, value in values.items()}  # numpy scalars are not JSON
+        _pending.get().append({"kind": "metrics", "step": step, "timestamp": timestamp, "values": floats})
+
+
+def log_artifact(path: Path, folder: str | None = None) -> None:
+    """Log a file into the active run; inside `tracked_run`, as `log_metrics` does, a store that cannot take
+    it gets a copy later (kept under mlruns/pending/<run id>/, so later edits of `path` do not change it)."""
+    if not _logged(lambda: mlflow.log_artifact(str(path), artifact_path=folder), f"artifact {path}"):
+        pending = _pending.get()
+        pending.files.mkdir(parents=True, exist_ok=True)
+        copy = Path(tempfile.mkdtemp(dir=pending.files)) / path.name  # one folder per call: names may repeat
+        shutil.copy2(path, copy)
+        pending.append({"kind": "artifact", "path": str(copy), "folder": folder})
+
+
+def _logged(call: Callable[[], Any], what: str) -> bool:
+    """Run a log call: True if the store took it, False if it belongs in the open run's pending file."""
     pending = _pending.get()
-    if pending is None or time.monotonic() >= pending.retry_at:
-        try:
-            _retried(lambda: mlflow.log_metrics(values, step=step, timestamp=timestamp))
-            return
-        except Exception as err:
-            if pending is None or not _is_transient(err):
-                raise
-            pending.retry_at = time.monotonic() + OFFLINE_SECONDS
-            _log.warning("MLflow did not take metrics at step %s (%s); kept in %s", step, err, pending.path)
-    pending.append(step, timestamp, values)
+    if pending is not None and time.monotonic() < pending.retry_at:
+        return False
+    try:
+        retried(call)
+        return True
+    except Exception as err:
+        if pending is None or not is_transient(err):
+            raise
+        pending.retry_at = time.monotonic() + OFFLINE_SECONDS
+        _log.warning("MLflow did not take %s (%s); kept in %s", what, err, pending.path)
+        return False
 
 
-def _is_transient(err: BaseException) -> bool:
+def is_transient(err: BaseException) -> bool:
     """Worth another try: the store was unreachable, overloaded or locked, not a bad request.
 
     A server that cannot be reached surfaces as MlflowException INTERNAL_ERROR (500), a locked SQLite file
-    as TEMPORARILY_UNAVAILABLE (503), a rate limit as 429.
+    ("database is locked") as TEMPORARILY_UNAVAILABLE (503), a rate limit as 429.
     """
     if isinstance(err, MlflowException):
         return err.get_http_status_code() >= 500 or err.get_http_status_code() == 429
     return isinstance(err, requests.RequestException | ConnectionError | TimeoutError)
 
 
-def _retried(call: Callable[[], Any]) -> Any:
-    for delay in RETRY_DELAYS:
+def retried(call: Callable[[], Any], delays: tuple[float, ...] | None = None) -> Any:
+    """`call()`, tried again after each of `delays` (default RETRY_DELAYS) seconds while it fails transiently.
+
+    At least once: use it for calls whose repetition is harmless (a SQLite error rolls the call back; a
+    server that took a request but did not answer may see it twice).
+    """
+    for delay in RETRY_DELAYS if delays is None else delays:
         try:
             return call()
         except Exception as err:
-            if not _is_transient(err):
+            if not is_transient(err):
                 raise
+            _log.info("MLflow store call failed (%s); trying again in %.0fs", err, delay)
             time.sleep(delay)
     return call()  # the last try: its error goes to the caller
 
 
 def _flush(pending: _Pending, run_id: str) -> None:
-    """Log the pending file's lines into the run and delete them; lines the store still refuses stay."""
+    """Send the pending file's lines to the run, in order, then delete it and its copies; lines the store
+    still refuses stay."""
     if not pending.path.exists():
         return
-    rows = [json.loads(line) for line in pending.path.read_text().splitlines() if line.strip()]
+    rows = pending.rows()
     client = MlflowClient()
+    try:
+        retried(_check_reachable)
+    except requests.RequestException as err:
+        _log.warning("MLflow is still unreachable (%s); %d lines of run %s stay in %s", err, len(rows), run_id,
+                     pending.path)  # fmt: skip
+        return
     for done, row in enumerate(rows):
-        batch = [Metric(key, value, row["timestamp"], row["step"] or 0) for key, value in row["values"].items()]
         try:
-            _retried(lambda batch=batch: client.log_batch(run_id, metrics=batch))
+            retried(lambda row=row: _send(client, run_id, row))
         except Exception as err:
-            if not _is_transient(err):
+            if not is_transient(err):
                 raise
             left = "".join(json.dumps(row) + "\n" for row in rows[done:])
             write_atomic(pending.path, lambda tmp, left=left: tmp.write_text(left))
-            _log.warning("MLflow still refuses %d pending metric lines (%s); kept in %s", len(rows) - done, err,
-                         pending.path)  # fmt: skip
+            _log.warning("MLflow still refuses %d pending lines of run %s (%s); kept in %s", len(rows) - done,
+                         run_id, err, pending.path)  # fmt: skip
             return
     pending.path.unlink()
+    if pending.files.exists():
+        shutil.rmtree(pending.files)
 
 
-def log_artifact(path: Path, folder: str | None = None) -> None:
-    mlflow.log_artifact(str(path), artifact_path=folder)
+@contextmanager
+def _without_http_retries() -> Iterator[None]:
+    """MLflow's own HTTP retries off for the block (it reads MLFLOW_HTTP_REQUEST_MAX_RETRIES at each call)."""
+    before = os.environ.get(HTTP_RETRIES_ENV)
+    os.environ[HTTP_RETRIES_ENV] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[HTTP_RETRIES_ENV]
+        else:
+            os.environ[HTTP_RETRIES_ENV] = before
+
+
+def _check_reachable() -> None:
+    """Fail at once (a transient RequestException) if a tracking server does not answer /health.
+
+    MLflow retries a call to a dead server for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES, 7 by default, with
+    doubling backoff); the close of a run probes first, so that waiting out an outage takes END_RETRY_DELAYS,
+    not that times each try. Local stores need no probe.
+    """
+    uri = mlflow.get_tracking_uri()
+    if urlparse(uri).scheme in ("http", "https"):
+        requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+
+
+def _send(client: MlflowClient, run_id: str, row: dict[str, Any]) -> None:
+    kind = row.get("kind", "metrics")  # lines written before kinds existed hold metrics
+    if kind == "metrics":
+        batch = [Metric(key, value, row["timestamp"], row["step"] or 0) for key, value in row["values"].items()]
+        client.log_batch(run_id, metrics=batch)
+    elif kind == "artifact":
+        client.log_artifact(run_id, row["path"], row["folder"])
+    else:
+        client.set_terminated(run_id, row["status"], row["end_time"])
+
+
+def _flush_closed(paths: Paths) -> None:
+    """Send what runs that ended while the store was down left in this project's mlruns/pending/.
+
+    Only files whose run has ended (an `end` line): a file without one belongs to a run that is open in a
+    process now, or that died, and goes out when a stage continues that run. A run this store does not
+    know (MLFLOW_TRACKING_URI changed since) keeps its file for the store that holds it.
+    """
+    folder = paths.mlruns / PENDING_DIR
+    if not folder.is_dir():
+        return
+    client = MlflowClient()
+    for path in sorted(folder.glob("*.jsonl")):
+        pending = _Pending(path)
+        if not pending.is_closed():
+            continue
+        try:
+            retried(lambda path=path: client.get_run(path.stem))
+        except Exception as err:
+            if is_transient(err) or (isinstance(err, MlflowException) and err.get_http_status_code() == 404):
+                continue  # the store is still down (next time), or the run is another store's
+            raise
+        _flush(pending, path.stem)
