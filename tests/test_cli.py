@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from cdgan.cli import main
-from tests.conftest import run, tiny_raw
+from cdgan.params import Paths
+from tests.conftest import BIN, run, tiny_raw
 
 
 @pytest.mark.parametrize("command", ["prepare", "train", "evaluate", "register", "sample"])
@@ -123,3 +128,25 @@ def test_installed_console_script_runs(tmp_path: Path) -> None:
     assert all(command in result.stdout for command in ("prepare", "train", "evaluate", "register", "sample"))
     bad = run(["cdgan", "train", "--params", "absent.yaml"], tmp_path, check=False)
     assert bad.returncode == 1 and "absent.yaml" in bad.stderr
+
+
+def test_ctrl_c_exits_130_with_one_line_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+    # given a real `cdgan train` with many steps, past its first resume checkpoint
+    raw = tiny_raw(data={"dataset": "grid25", "n_points": 500}, train={"steps": 100_000, "checkpoint_every": 5})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    run(["cdgan", "prepare"], tmp_path)
+    train = subprocess.Popen(["cdgan", "train"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(Paths(tmp_path).resume.glob("*.pt")) and train.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert train.poll() is None, "test setup: training ended before its first checkpoint"
+
+    # when the user presses Ctrl-C
+    train.send_signal(signal.SIGINT)
+    _, err = train.communicate(timeout=60)
+
+    # then: exit 130, one line saying so, and the checkpoint to resume from is still there
+    assert train.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("cdgan: interrupted"), err
+    assert any(Paths(tmp_path).resume.glob("*.pt"))

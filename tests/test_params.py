@@ -8,8 +8,18 @@ import pydantic
 import pytest
 import yaml
 
+from cdgan import cli
 from cdgan.errors import CdganError
-from cdgan.params import DataParams, Params, Paths, TrainParams, load_params, parse_params
+from cdgan.params import (
+    ALLOW_EXTERNAL_PATHS_ENV,
+    DataParams,
+    EvaluateParams,
+    Params,
+    Paths,
+    TrainParams,
+    load_params,
+    parse_params,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,10 +77,18 @@ def test_params_are_frozen() -> None:
         ({"data": {"image_size": 2}}, "data.image_size"),  # below 4
         ({"train": {"beta1": 1.0}}, "train.beta1"),
         ({"register": {"model_name": ""}}, "register.model_name"),
+        ({"data": {"root": "/mnt/datasets/mnist"}}, "data.root"),  # absolute: outside the project
+        ({"data": {"root": "../shared/raw"}}, "data.root"),  # `..` leaves the project
+        ({"data": {"root": "data/../../raw"}}, "data.root"),  # leaves it after normalising
+        ({"evaluate": {"inception_weights": "/opt/pt_inception.pth"}}, "evaluate.inception_weights"),
+        ({"evaluate": {"inception_weights": ".."}}, "evaluate.inception_weights"),
     ],
 )
-def test_bad_value_raises_cdgan_error_naming_dotted_key(tmp_path: Path, raw: dict, key: str) -> None:
-    # given a params file with one bad entry
+def test_bad_value_raises_cdgan_error_naming_dotted_key(
+    tmp_path: Path, raw: dict, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a params file with one bad entry (and no opt-in to paths outside the project)
+    monkeypatch.delenv(ALLOW_EXTERNAL_PATHS_ENV, raising=False)
     path = _write(tmp_path, raw)
     # when / then
     with pytest.raises(CdganError) as err:
@@ -157,3 +175,74 @@ def test_params_yaml_lists_every_knob_so_it_documents_them_all() -> None:
     params = load_params(REPO / "params.yaml")
     missing = {s: sorted(set(getattr(params, s).model_dump()) - set(raw[s])) for s in raw}
     assert not any(missing.values()), f"keys with a default but no line in params.yaml: {missing}"
+
+
+PATH_KEYS = [("data", "root"), ("evaluate", "inception_weights")]  # every path-valued param
+
+
+@pytest.mark.parametrize(("section", "key"), PATH_KEYS)
+def test_outside_path_error_names_the_key_the_value_and_both_fixes(
+    tmp_path: Path, section: str, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a params file pointing a path param outside the project
+    monkeypatch.delenv(ALLOW_EXTERNAL_PATHS_ENV, raising=False)
+    path = _write(tmp_path, {section: {key: "/elsewhere/file"}})
+    # when
+    with pytest.raises(CdganError) as err:
+        load_params(path)
+    # then one message names the key, the value, and how to fix it either way
+    message = str(err.value)
+    assert f"{section}.{key}:" in message and "'/elsewhere/file'" in message, message
+    assert "inside the project directory" in message and f"{ALLOW_EXTERNAL_PATHS_ENV}=1" in message, message
+
+
+@pytest.mark.parametrize("value", ["data/raw", "data/../data/raw", "./data/raw", ".", "raw/..x/file"])
+@pytest.mark.parametrize(("section", "key"), PATH_KEYS)
+def test_relative_paths_inside_the_project_are_accepted(
+    tmp_path: Path, section: str, key: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ALLOW_EXTERNAL_PATHS_ENV, raising=False)
+    params = load_params(_write(tmp_path, {section: {key: value}}))
+    assert getattr(getattr(params, section), key) == value, "accepted values are kept as written"
+
+
+@pytest.mark.parametrize(("section", "key"), PATH_KEYS)
+def test_external_paths_need_the_explicit_opt_in(
+    tmp_path: Path, section: str, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _write(tmp_path, {section: {key: "/mnt/shared/file"}})
+    # given the opt-in set to something other than 1: still refused
+    monkeypatch.setenv(ALLOW_EXTERNAL_PATHS_ENV, "true")
+    with pytest.raises(CdganError, match=f"{section}.{key}:"):
+        load_params(path)
+    # when the user sets it to 1, the same file loads
+    monkeypatch.setenv(ALLOW_EXTERNAL_PATHS_ENV, "1")
+    assert getattr(getattr(load_params(path), section), key) == "/mnt/shared/file"
+    # and the argument overrides the environment both ways
+    with pytest.raises(CdganError, match=f"{section}.{key}:"):
+        parse_params({section: {key: "/mnt/shared/file"}}, allow_external_paths=False)
+    monkeypatch.delenv(ALLOW_EXTERNAL_PATHS_ENV)
+    assert parse_params({section: {key: "../up"}}, allow_external_paths=True)
+
+
+def test_sections_built_in_code_take_any_path() -> None:
+    # the check is at the edge (params files); code that builds sections itself, like tests, is trusted
+    assert DataParams(root="/tmp/anywhere").root == "/tmp/anywhere"
+    assert EvaluateParams(inception_weights="../w.pth").inception_weights == "../w.pth"
+
+
+def test_outside_data_root_stops_the_cli_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given a project whose params.yaml reads its images from outside it
+    monkeypatch.delenv(ALLOW_EXTERNAL_PATHS_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, {"data": {"dataset": "folder", "root": str(tmp_path.parent)}})
+    # when `cdgan prepare` runs
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["prepare"])
+    # then it exits 1 with one line naming the key, and writes nothing
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert error.startswith("cdgan: error: params.yaml: data.root:") and error.count("\n") == 1, error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

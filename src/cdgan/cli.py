@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +15,7 @@ from cdgan import stages
 from cdgan.errors import CdganError
 from cdgan.params import Paths, load_params
 
+INTERRUPTED = 130  # exit code of a command stopped by Ctrl-C (128 + SIGINT)
 app = typer.Typer(
     name="cdgan",
     help="Contrastive-divergence GANs: prepare -> train -> evaluate -> register, then sample.",
@@ -38,7 +40,8 @@ def prepare(params: ParamsOption = PARAMS_FILE) -> None:
 def train(params: ParamsOption = PARAMS_FILE) -> None:
     """Train generator and energy net; writes models/ and metrics/train.json, logs to MLflow."""
     result = stages.train(load_params(params), Paths())
-    console.print(f"trained {result.steps} steps in {result.seconds:.1f}s, MLflow run {result.mlflow_run_id}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns; one of them reports
+        console.print(f"trained {result.steps} steps in {result.seconds:.1f}s, MLflow run {result.mlflow_run_id}")
 
 
 @app.command()
@@ -104,10 +107,13 @@ def probe(
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        app(args=argv, prog_name="cdgan", standalone_mode=False)
+        code = app(args=argv, prog_name="cdgan", standalone_mode=False)
     except CdganError as err:
         print(f"cdgan: error: {err}", file=sys.stderr)  # one line, no traceback
         raise SystemExit(1) from None
     except click.ClickException as err:  # bad flags: click's own message and exit code 2
         err.show()
         raise SystemExit(err.exit_code) from None
+    if code == INTERRUPTED:  # typer turns Ctrl-C into this return value instead of raising
+        print("cdgan: interrupted (rerun it: train resumes from its last checkpoint)", file=sys.stderr)
+        raise SystemExit(code)

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import posixpath
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from cdgan.errors import CdganError
 
@@ -16,6 +27,27 @@ POINT_DATASETS = ("grid25", "ring8")
 IMAGE_DATASETS = ("digits", "stacked-digits", "mnist", "fashion-mnist", "cifar10", "folder")
 Dataset = Literal["grid25", "ring8", "digits", "stacked-digits", "mnist", "fashion-mnist", "cifar10", "folder"]
 LossName = Literal["cd", "bce", "lsgan", "hinge", "wgan-gp"]
+ALLOW_EXTERNAL_PATHS_ENV = "CDGAN_ALLOW_EXTERNAL_PATHS"  # =1: path params may leave the project directory
+
+
+def _inside_project(path: str, info: ValidationInfo) -> str:
+    """A path param read from a params file must stay in the project: relative, with no `..` leaving it.
+
+    The check is lexical, so it holds wherever the stage runs (its cwd is the project) and touches no
+    file: a symlink inside the project is followed, which is how a project points at shared data on
+    purpose. Checked only when `parse_params` validates (its context says whether CDGAN_ALLOW_EXTERNAL_PATHS
+    was set); sections built in code (tests, notebooks) take any path.
+    """
+    if info.context is None or info.context.get("allow_external_paths"):
+        return path
+    normal = posixpath.normpath(PurePath(path).as_posix())
+    if PurePath(path).is_absolute() or normal == ".." or normal.startswith("../"):
+        raise ValueError(
+            "must be a path inside the project directory (relative, no '..' leaving it, e.g. data/raw); "
+            "move or symlink the files into the project, or set "
+            f"{ALLOW_EXTERNAL_PATHS_ENV}=1 to allow paths outside it"
+        )
+    return path
 
 
 class _Section(BaseModel):
@@ -42,6 +74,8 @@ class DataParams(_Section):
     def is_image(self) -> bool:
         return self.dataset in IMAGE_DATASETS
 
+    _root_inside_project = field_validator("root")(_inside_project)
+
 
 class ModelParams(_Section):
     z_dim: int = Field(16, gt=0)  # latent size
@@ -64,7 +98,7 @@ class TrainParams(_Section):
     generator_objective: Literal["energy", "cooperative"] = "energy"  # lower E(G(z)), or regress G(z) onto x_k
     steps: int = Field(2000, gt=0)  # generator steps
     n_critic: int = Field(1, ge=1)  # energy-net steps per generator step
-    batch_size: int = Field(64, gt=0)
+    batch_size: int = Field(64, gt=0)  # global: each torchrun process trains on batch_size / world size
     lr: float = Field(2e-4, gt=0)  # generator, and energy net unless lr_e is set
     lr_e: float | None = Field(None, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
@@ -74,12 +108,24 @@ class TrainParams(_Section):
     eval_every: int = Field(500, ge=0)  # score (FID or modes) during training; 0 = never
     checkpoint_every: int = Field(500, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = False  # bf16 autocast of the forward passes (GPUs with bf16; CPUs too, usually slower)
+    channels_last: bool = False  # NHWC memory layout for the conv nets (image data only); faster convs on GPUs
+    compile: bool = False  # torch.compile both networks; not with spectral norm or gradient penalties
     seed: int = 0
 
     @model_validator(mode="after")
     def _cooperative_needs_a_chain(self) -> TrainParams:
         if self.generator_objective == "cooperative" and (self.loss != "cd" or self.cd_k == 0):
             raise ValueError("generator_objective=cooperative needs loss=cd and cd_k > 0 (G regresses onto x_k)")
+        return self
+
+    @model_validator(mode="after")
+    def _compile_differentiates_once(self) -> TrainParams:
+        if self.compile and (self.loss == "wgan-gp" or self.real_gp > 0):
+            raise ValueError(
+                "compile=true cannot take gradient penalties (loss wgan-gp, real_gp > 0): "
+                "torch.compile does not differentiate twice"
+            )
         return self
 
 
@@ -116,6 +162,8 @@ class EvaluateParams(_Section):
     @field_serializer("metrics")
     def _as_list(self, metrics: tuple[str, ...]) -> list[str]:
         return list(metrics)  # as params.yaml writes it; a tuple keeps the frozen section hashable
+
+    _weights_inside_project = field_validator("inception_weights")(_inside_project)
 
 
 class RegisterParams(_Section):
@@ -222,9 +270,13 @@ def read_params_yaml(path: Path) -> dict:
     return raw
 
 
-def parse_params(raw: dict, source: str = "params") -> Params:
+def parse_params(raw: dict, source: str = "params", allow_external_paths: bool | None = None) -> Params:
+    """Validate raw sections; path params must stay inside the project unless `allow_external_paths`
+    (default: the environment variable CDGAN_ALLOW_EXTERNAL_PATHS is 1)."""
+    if allow_external_paths is None:
+        allow_external_paths = os.environ.get(ALLOW_EXTERNAL_PATHS_ENV, "") == "1"
     try:
-        return Params.model_validate(raw)
+        return Params.model_validate(raw, context={"allow_external_paths": allow_external_paths})
     except ValidationError as err:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in issue['loc'])}: {issue['msg']} (got {issue.get('input')!r})"

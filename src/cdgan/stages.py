@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from cdgan import registry, tracking
+from cdgan import distributed, registry, tracking
 from cdgan.classifier import StackedClassifier, fit_classifier
-from cdgan.data import build_dataset, load_dataset, mode_centres, save_dataset
+from cdgan.data import Dataset, build_dataset, load_dataset, mode_centres, save_dataset
 from cdgan.errors import CdganError
 from cdgan.evaluation import build_scorer, build_suite, primary_metric, save_reference, score_model
 from cdgan.files import load_torch, read_json, save_torch, write_atomic, write_json
@@ -32,7 +32,7 @@ from cdgan.pictures import save_curves_png, save_samples_png
 from cdgan.probe import gradient_probe
 from cdgan.report import write_csv
 from cdgan.sampler import draw_samples
-from cdgan.train import checkpoint_dict, fit, init_state, restore_state
+from cdgan.train import TrainState, checkpoint_dict, fit, init_state, restore_state
 
 SCORE_SAMPLES = 1000  # samples behind each score during training (FID over time), raw G(z)
 LOSS_KEYS = ("loss_e", "loss_g", "e_real", "e_fake", "grad_norm_g")
@@ -116,19 +116,48 @@ def _load_resumable(path: Path, params: Params) -> dict[str, Any] | None:
 
 
 def train(params: Params, paths: Paths) -> TrainResult:
-    device = resolve_device(params.train.device)
-    real = load_dataset(paths.dataset)
+    """Train both networks into models/, metrics/train.json, plots/train/ and an MLflow run.
+
+    Under torchrun each process trains on its share of every global batch; rank 0 alone resumes, tracks,
+    shows progress and writes, and every rank returns rank 0's result.
+    """
+    with distributed.process_group(resolve_device(params.train.device)) as device:
+        world = distributed.world_size()
+        if params.train.batch_size % world:
+            raise CdganError(
+                f"params.yaml: train.batch_size ({params.train.batch_size}) is the global batch and must divide "
+                f"evenly over the {world} torchrun processes"
+            )
+        real = load_dataset(paths.dataset)
+        resume_path = paths.resume / f"{_resume_key(params, paths.dataset)}.pt"
+        # rank 0's file, sent to every rank: on several nodes only rank 0 has it
+        saved = distributed.broadcast_object(_load_resumable(resume_path, params) if distributed.is_main() else None)
+        if device.type == "cpu":
+            torch.use_deterministic_algorithms(True)  # same seed, same weights, bit for bit
+        state = init_state(params.model, params.train, real.shape, device)
+        if saved is not None:
+            restore_state(state, saved)
+        x_data = torch.from_numpy(real.x).to(device)  # small data sets live on the device as one tensor
+        if distributed.is_main():
+            result = _train_tracked(params, paths, state, real, x_data, saved, resume_path)
+        else:  # the same steps on this rank's shares; rank 0 saves the checkpoints
+            fit(state, x_data, params.train, lambda step, values: None, checkpoint_path=resume_path)
+            result = None
+        return distributed.broadcast_object(result)
+
+
+def _train_tracked(
+    params: Params,
+    paths: Paths,
+    state: TrainState,
+    real: Dataset,
+    x_data: torch.Tensor,
+    saved: dict[str, Any] | None,
+    resume_path: Path,
+) -> TrainResult:
+    """Rank 0's training: the MLflow run, the progress bar, scores during training and every output file."""
     scorer = build_scorer(params.data.dataset, real, paths.classifier)
-    resume_path = paths.resume / f"{_resume_key(params, paths.dataset)}.pt"
-    saved = _load_resumable(resume_path, params)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)  # same seed, same weights, bit for bit
-    state = init_state(params.model, params.train, real.shape, device)
-    history: dict[str, list[dict[str, float]]] = {"losses": [], "scores": []}
-    if saved is not None:
-        restore_state(state, saved)
-        history = saved["meta"]["history"]
-    x_data = torch.from_numpy(real.x).to(device)  # small data sets live on the device as one tensor
+    history: dict[str, list[dict[str, float]]] = saved["meta"]["history"] if saved else {"losses": [], "scores": []}
 
     def score(generator: Generator, energy: EnergyNet) -> dict[str, float]:
         return scorer(draw_samples(generator, energy, SCORE_SAMPLES, params.train.seed))
