@@ -267,7 +267,7 @@ def _write_report(
     summary = summarize(rows, group_by, metrics)
     write_csv(out / f"{name}_runs.csv", rows)
     write_csv(out / f"{name}.csv", summary)
-    seeds = sorted({str(row.get("train.seed", "")) for row in rows})
+    seeds = sorted({str(row.get("train.seed", params.train.seed)) for row in rows})  # the grid's, or the one seed
     markdown = (
         f"# {name}\n\nData set `{params.data.dataset}`, {len(rows)} runs, train seeds {', '.join(seeds)}; "
         f"mean ± std over runs sharing the other params.\n\n"

@@ -65,6 +65,6 @@ def _scatter(path: Path, points: np.ndarray, centres: np.ndarray | None, title: 
         )
     ax.set_aspect("equal")
     ax.set_title(title)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)  # outside: never over a mode
     fig.savefig(path, format="png", bbox_inches="tight")
     plt.close(fig)

@@ -165,9 +165,7 @@ def _train_tracked(
     start = time.perf_counter()
     run_id = saved["meta"]["mlflow_run_id"] if saved is not None else None
     with tracking.tracked_run(params, paths, run_id) as run_id, _progress_bar() as progress:
-        description = f"train {params.train.loss} k={params.train.cd_k}" + (
-            f" (resumed at {state.step})" if saved else ""
-        )
+        description = f"train {_loss_label(params)}" + (f" (resumed at {state.step})" if saved else "")
         task = progress.add_task(description, total=params.train.steps, completed=state.step, info="")
         meta = {"model": params.model.model_dump(), "train": params.train.model_dump(), "data_shape": list(real.shape),
                 "mlflow_run_id": run_id, "history": history}  # fmt: skip
@@ -193,6 +191,10 @@ def _train_tracked(
         tracking.log_metrics(None, {"train_seconds": seconds})
     resume_path.unlink(missing_ok=True)  # finished: the next run with these params starts fresh
     return TrainResult(run_id, state.step, seconds)
+
+
+def _loss_label(params: Params) -> str:
+    return f"cd k={params.train.cd_k}" if params.train.loss == "cd" else params.train.loss  # k is CD's alone
 
 
 @contextmanager
@@ -243,7 +245,7 @@ def evaluate(params: Params, paths: Paths, model_uri: str | None = None, out: Pa
         write_json(out, metrics | info | {"model_uri": model_uri})
         return EvaluateResult(metrics, out, None)
     centres = None if params.data.is_image else mode_centres(params.data.dataset)[0]
-    title = f"{params.train.loss} k={params.train.cd_k}, {params.sample.langevin_steps} Langevin steps"
+    title = f"{_loss_label(params)}, {params.sample.langevin_steps} Langevin steps at sampling"
     png = save_samples_png(paths.eval_plots / "samples.png", evaluation.preview, centres, title)
     with tracking.tracked_run(params, paths, run_id):
         tracking.log_metrics(None, metrics)
