@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import random
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -42,6 +43,15 @@ def merged(base: dict, overrides: dict) -> dict:
 def tiny_raw(**sections: dict) -> dict:
     """The real params.yaml with the TINY overrides, then `sections` on top."""
     return merged(merged(yaml.safe_load((REPO / "params.yaml").read_text()), TINY), sections)
+
+
+def default_sigint() -> None:
+    """preexec_fn for a subprocess a test interrupts: SIGINT acts as Ctrl-C in a terminal does.
+
+    Jobs a non-interactive shell puts in the background (`cmd &`, some CI runners) ignore SIGINT, children
+    inherit that, and Python then never raises KeyboardInterrupt.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ import yaml
 
 from cdgan.cli import main
 from cdgan.params import Paths
-from tests.conftest import BIN, run, tiny_raw
+from tests.conftest import BIN, default_sigint, run, tiny_raw
 
 
 @pytest.mark.parametrize("command", ["prepare", "train", "evaluate", "register", "sample"])
@@ -136,7 +136,9 @@ def test_ctrl_c_exits_130_with_one_line_and_keeps_the_checkpoint(tmp_path: Path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     run(["cdgan", "prepare"], tmp_path)
-    train = subprocess.Popen(["cdgan", "train"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    train = subprocess.Popen(
+        ["cdgan", "train"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     deadline = time.monotonic() + 120
     while not any(Paths(tmp_path).resume.glob("*.pt")) and train.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

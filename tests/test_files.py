@@ -20,7 +20,7 @@ import yaml
 from cdgan.errors import CdganError
 from cdgan.files import load_torch, read_json, save_torch, write_atomic, write_json
 from cdgan.params import Paths
-from tests.conftest import BIN, REPO, run, tiny_raw
+from tests.conftest import BIN, REPO, default_sigint, run, tiny_raw
 
 
 class _WriterError(RuntimeError):
@@ -242,7 +242,7 @@ def test_cdgan_train_on_a_full_disk_keeps_the_last_checkpoint_and_exits_with_one
     resume = Paths(project).resume
     env_path = {**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     first = subprocess.Popen(["cdgan", "train"], cwd=project, env=env_path, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)  # fmt: skip
+                             stderr=subprocess.DEVNULL, preexec_fn=default_sigint)  # fmt: skip
     deadline = time.monotonic() + 180
     while not any(resume.glob("*.pt")) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
