@@ -12,8 +12,9 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,6 +44,23 @@ def merged(base: dict, overrides: dict) -> dict:
 def tiny_raw(**sections: dict) -> dict:
     """The real params.yaml with the TINY overrides, then `sections` on top."""
     return merged(merged(yaml.safe_load((REPO / "params.yaml").read_text()), TINY), sections)
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., subprocess.Popen]]:
+    """subprocess.Popen whose processes are killed when the test ends, passed or failed: a test that fails
+    while its `cdgan train` runs must not leave it training through the rest of the suite."""
+    procs: list[subprocess.Popen] = []
+
+    def start(*args: Any, **kwargs: Any) -> subprocess.Popen:
+        procs.append(subprocess.Popen(*args, **kwargs))
+        return procs[-1]
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def default_sigint() -> None:

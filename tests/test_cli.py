@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -130,13 +131,13 @@ def test_installed_console_script_runs(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "absent.yaml" in bad.stderr
 
 
-def test_ctrl_c_exits_130_with_one_line_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+def test_ctrl_c_exits_130_with_one_line_and_keeps_the_checkpoint(tmp_path: Path, spawn: Callable) -> None:
     # given a real `cdgan train` with many steps, past its first resume checkpoint
     raw = tiny_raw(data={"dataset": "grid25", "n_points": 500}, train={"steps": 100_000, "checkpoint_every": 5})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     run(["cdgan", "prepare"], tmp_path)
-    train = subprocess.Popen(
+    train = spawn(
         ["cdgan", "train"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
     )
     deadline = time.monotonic() + 120

@@ -232,7 +232,9 @@ BIG_CHECKPOINT = {  # 2-D points (no classifier to prepare) but wide nets: a che
 }
 
 
-def test_cdgan_train_on_a_full_disk_keeps_the_last_checkpoint_and_exits_with_one_error(tmp_path: Path) -> None:
+def test_cdgan_train_on_a_full_disk_keeps_the_last_checkpoint_and_exits_with_one_error(
+    tmp_path: Path, spawn: Callable
+) -> None:
     # given a project whose training was interrupted (Ctrl-C) after it wrote a resume checkpoint
     project = tmp_path / "project"
     project.mkdir()
@@ -241,7 +243,7 @@ def test_cdgan_train_on_a_full_disk_keeps_the_last_checkpoint_and_exits_with_one
     run(["cdgan", "prepare"], project, env=env)
     resume = Paths(project).resume
     env_path = {**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    first = subprocess.Popen(["cdgan", "train"], cwd=project, env=env_path, stdout=subprocess.DEVNULL,
+    first = spawn(["cdgan", "train"], cwd=project, env=env_path, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, preexec_fn=default_sigint)  # fmt: skip
     deadline = time.monotonic() + 180
     while not any(resume.glob("*.pt")) and first.poll() is None and time.monotonic() < deadline:
