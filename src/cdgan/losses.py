@@ -24,10 +24,12 @@ def refine_langevin(
     clamp: tuple[float, float] | None = None,
     generator: torch.Generator | None = None,
     grad_clip: float = 0.0,
+    draw_noise: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """x_k after k steps of x <- x - step_size * dE/dx + noise * eps, detached from every graph.
 
     k = 0 returns `x` detached. Short-run MCMC as in IGEBM: a small step noise, chain started from G(z).
+    eps is standard normal from `generator`, or `draw_noise(x)` when given (e.g. a rank's share of a global draw).
     """
     x = x.detach()
     for _ in range(k):
@@ -37,7 +39,12 @@ def refine_langevin(
             grad = grad.clamp(-grad_clip, grad_clip)
         x = x.detach() - step_size * grad
         if noise > 0:
-            x = x + noise * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            eps = (
+                torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                if draw_noise is None
+                else draw_noise(x)
+            )
+            x = x + noise * eps
         if clamp is not None:
             x = x.clamp(*clamp)
     return x

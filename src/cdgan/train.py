@@ -120,17 +120,26 @@ def _latents(params: TrainParams, s: TrainState) -> Tensor:
 def _refine(params: TrainParams, s: TrainState, x: Tensor) -> Tensor:
     """x_k: `cd_k` Langevin steps on E from x (images stay in [-1, 1]).
 
-    One `refine_langevin` step at a time, without its noise: the noise is this rank's share of a
-    global-batch draw, so under torchrun the ranks together run exactly the single-process chains.
+    The noise is this rank's share of a global-batch draw, so under torchrun the ranks together run
+    exactly the single-process chains.
     """
-    for _ in range(params.cd_k):
-        x = refine_langevin(s.energy, x, 1, params.langevin_step_size, 0.0, None, None, params.langevin_grad_clip)
-        if params.langevin_noise > 0:
-            eps = torch.randn(params.batch_size, *x.shape[1:], generator=s.rng, device=x.device, dtype=x.dtype)
-            x = x + params.langevin_noise * distributed.share(eps)
-        if x.dim() == 4:
-            x = x.clamp(-1.0, 1.0)
-    return x
+
+    def global_noise(x: Tensor) -> Tensor:
+        eps = torch.randn(params.batch_size, *x.shape[1:], generator=s.rng, device=x.device, dtype=x.dtype)
+        return distributed.share(eps)
+
+    clamp = (-1.0, 1.0) if x.dim() == 4 else None
+    return refine_langevin(
+        s.energy,
+        x,
+        params.cd_k,
+        params.langevin_step_size,
+        params.langevin_noise,
+        clamp,
+        s.rng,
+        params.langevin_grad_clip,
+        global_noise,
+    )
 
 
 def _chain_starts(params: TrainParams, s: TrainState, x_gen: Tensor) -> Tensor:
