@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -19,6 +20,8 @@ import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from cdgan import tracking
 from cdgan.params import Params, Paths
@@ -271,6 +274,38 @@ def test_a_locked_sqlite_store_is_tried_again_not_fatal(
     assert any("database is locked" in record.getMessage() for record in caplog.records), "the lock did not bite"
     assert MlflowClient(uri).get_run(run_id).data.metrics == {"loss": 1.0}
     assert not (paths.mlruns / tracking.PENDING_DIR).exists(), "nothing needed the pending file"
+
+
+def test_ctrl_c_during_a_sqlite_write_lands_after_it_and_the_run_still_ends(
+    tiny_params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _keeps_tracking_uri: None
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    paths = Paths(tmp_path / "project")
+    pressed: list[str] = []
+
+    def ctrl_c_inside_the_metrics_insert(_conn, _cursor, statement: str, *_args) -> None:
+        if statement.startswith("INSERT INTO metrics") and not pressed:
+            pressed.append(statement)
+            signal.raise_signal(signal.SIGINT)  # Python runs the handler here, inside the write's transaction
+
+    # given a run on a SQLite store
+    with pytest.raises(KeyboardInterrupt), tracking.tracked_run(tiny_params, paths) as run_id:
+        event.listen(Engine, "after_cursor_execute", ctrl_c_inside_the_metrics_insert)
+        try:
+            # when Ctrl-C comes in the middle of writing a metric
+            tracking.log_metrics(0, {"loss": 1.0})
+        finally:
+            event.remove(Engine, "after_cursor_execute", ctrl_c_inside_the_metrics_insert)
+        pytest.fail("Ctrl-C was lost")
+    assert pressed, "test setup: the metric was not written by an INSERT"
+
+    # then the write finished first, the run ended FAILED in the store itself (a connection cut mid-write
+    # would hold the database lock, and the end would wait in the pending file), and nothing is pending
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.data.metrics == {"loss": 1.0}
+    assert run.info.status == "FAILED"
+    assert not (paths.mlruns / tracking.PENDING_DIR).exists()
 
 
 # Starts a run in a fresh process once the test says go, so that several open one new SQLite store together.

@@ -9,8 +9,10 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -357,13 +359,39 @@ def retried(call: Callable[[], Any], delays: tuple[float, ...] | None = None) ->
     """
     for delay in RETRY_DELAYS if delays is None else delays:
         try:
-            return call()
+            with _ctrl_c_after_the_call():
+                return call()
         except Exception as err:
             if not is_transient(err):
                 raise
             _log.info("MLflow store call failed (%s); trying again in %.0fs", err, delay)
             time.sleep(delay)
-    return call()  # the last try: its error goes to the caller
+    with _ctrl_c_after_the_call():
+        return call()  # the last try: its error goes to the caller
+
+
+@contextmanager
+def _ctrl_c_after_the_call() -> Iterator[None]:
+    """Ctrl-C during a SQLite store call takes effect when the call returns: a KeyboardInterrupt inside a
+    write leaves its connection holding the database lock, and every later call of this process, the run's
+    FAILED end included, then waits on "database is locked". HTTP stores keep Ctrl-C at once (a call may
+    retry for minutes), and so do threads other than the main one, which cannot set signal handlers."""
+    deferrable = (
+        mlflow.get_tracking_uri().startswith("sqlite:")
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+    if not deferrable:
+        yield
+        return
+    pressed: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, _frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if pressed:
+            raise KeyboardInterrupt
 
 
 def _flush(pending: _Pending, run_id: str) -> None:
