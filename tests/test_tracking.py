@@ -68,12 +68,45 @@ def test_a_bad_metric_is_a_bug_and_raises_not_buffered(
     tiny_params: Params, mlflow_uri: str, tmp_path: Path, _keeps_tracking_uri: None
 ) -> None:
     paths = Paths(tmp_path)
-    with tracking.tracked_run(tiny_params, paths) as run_id:
-        with pytest.raises(MlflowException, match="bad!key"):
-            tracking.log_metrics(0, {"bad!key": 1.0})
-        tracking.log_metrics(1, {"good": 1.0})
+    # given a run that logs a good metric, then one with a name the store refuses
+    with pytest.raises(MlflowException, match="bad!key"), tracking.tracked_run(tiny_params, paths) as run_id:
+        tracking.log_metrics(0, {"good": 1.0})
+        tracking.log_metrics(1, {"bad!key": 1.0})  # sent by the run's sender thread: the refusal comes later
+
+    # then the refusal failed the block and the run, the good metric arrived, and nothing waits to be retried
+    run = MlflowClient(mlflow_uri).get_run(run_id)
+    assert run.data.metrics == {"good": 1.0} and run.info.status == "FAILED"
     assert not (paths.mlruns / tracking.PENDING_DIR / f"{run_id}.jsonl").exists()
-    assert MlflowClient(mlflow_uri).get_run(run_id).data.metrics == {"good": 1.0}
+
+
+def test_a_log_call_does_not_wait_for_the_store(
+    tiny_params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _keeps_tracking_uri: None
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # given a store whose writes are held up until the test lets them go
+    release = threading.Event()
+
+    def held_up(_conn, _cursor, statement: str, *_args) -> None:
+        if statement.startswith("INSERT INTO metrics"):
+            assert release.wait(60), "test setup: the write was never released"
+
+    with tracking.tracked_run(tiny_params, Paths(tmp_path / "project")) as run_id:
+        event.listen(Engine, "before_cursor_execute", held_up)
+        try:
+            # when the training loop logs while the store is stuck
+            for step in range(3):
+                tracking.log_metrics(step, {"loss": float(step)})
+            # then every call returned before any metric was written
+            assert MlflowClient(uri).get_metric_history(run_id, "loss") == []
+            release.set()
+        finally:
+            release.set()
+            event.remove(Engine, "before_cursor_execute", held_up)
+
+    # and the end of the run waited for all of them, in order
+    history = MlflowClient(uri).get_metric_history(run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(0, 0.0), (1, 1.0), (2, 2.0)]
 
 
 @dataclass
@@ -122,12 +155,14 @@ def test_metrics_logged_while_the_server_is_down_are_kept_then_flushed(
     paths = Paths(tmp_path / "project")
     with tracking.tracked_run(tiny_params, paths) as run_id:
         tracking.log_metrics(0, {"loss": 1.0})
+        tracking.wait_for_metrics()
         pending = paths.mlruns / tracking.PENDING_DIR / f"{run_id}.jsonl"
 
         # when the server stops between two log calls
         server.stop()
         tracking.log_metrics(1, {"loss": 2.0})
         tracking.log_metrics(2, {"loss": 3.0, "fid": 9.0})
+        tracking.wait_for_metrics()
 
         # then nothing raises and the values wait in the pending file
         lines = [json.loads(line) for line in pending.read_text().splitlines()]
@@ -161,6 +196,7 @@ def test_the_run_end_is_tried_again_with_backoff_until_the_server_is_back(
     # when the server stops just before the run ends, and comes back while it ends
     with caplog.at_level(logging.INFO, logger="cdgan.tracking"), tracking.tracked_run(tiny_params, paths) as run_id:
         tracking.log_metrics(0, {"loss": 1.0})
+        tracking.wait_for_metrics()
         server.stop()
         restart.start()
     restart.join()
@@ -183,6 +219,7 @@ def test_closing_a_run_on_a_dead_server_does_not_wait_out_mlflow_s_own_retries(
     # when the server dies before the run ends
     with tracking.tracked_run(tiny_params, paths) as run_id:
         tracking.log_metrics(0, {"loss": 1.0})
+        tracking.wait_for_metrics()
         server.stop()
         closing = time.monotonic()
     seconds = time.monotonic() - closing
@@ -206,8 +243,10 @@ def test_a_run_that_ends_while_the_server_is_down_is_ended_later_from_the_pendin
     # given a run that logs a metric and an artifact and ends while the server is down
     with tracking.tracked_run(tiny_params, paths) as finished_id:
         tracking.log_metrics(0, {"loss": 1.0})
+        tracking.wait_for_metrics()
         server.stop()
         tracking.log_metrics(1, {"loss": 2.0})
+        tracking.wait_for_metrics()  # the metric is in the pending file before the artifact's copy
         tracking.log_artifact(csv, "plots")
     csv.write_text("edited after the run\n")
 
@@ -284,26 +323,26 @@ def test_ctrl_c_during_a_sqlite_write_lands_after_it_and_the_run_still_ends(
     paths = Paths(tmp_path / "project")
     pressed: list[str] = []
 
-    def ctrl_c_inside_the_metrics_insert(_conn, _cursor, statement: str, *_args) -> None:
-        if statement.startswith("INSERT INTO metrics") and not pressed:
+    def ctrl_c_inside_the_tags_insert(_conn, _cursor, statement: str, *_args) -> None:
+        if statement.startswith("INSERT INTO tags") and not pressed:
             pressed.append(statement)
             signal.raise_signal(signal.SIGINT)  # Python runs the handler here, inside the write's transaction
 
     # given a run on a SQLite store
     with pytest.raises(KeyboardInterrupt), tracking.tracked_run(tiny_params, paths) as run_id:
-        event.listen(Engine, "after_cursor_execute", ctrl_c_inside_the_metrics_insert)
+        event.listen(Engine, "after_cursor_execute", ctrl_c_inside_the_tags_insert)
         try:
-            # when Ctrl-C comes in the middle of writing a metric
-            tracking.log_metrics(0, {"loss": 1.0})
+            # when Ctrl-C comes in the middle of writing a tag (a store call of the main thread)
+            tracking.set_tags({"stage": "train"})
         finally:
-            event.remove(Engine, "after_cursor_execute", ctrl_c_inside_the_metrics_insert)
+            event.remove(Engine, "after_cursor_execute", ctrl_c_inside_the_tags_insert)
         pytest.fail("Ctrl-C was lost")
-    assert pressed, "test setup: the metric was not written by an INSERT"
+    assert pressed, "test setup: the tag was not written by an INSERT"
 
     # then the write finished first, the run ended FAILED in the store itself (a connection cut mid-write
     # would hold the database lock, and the end would wait in the pending file), and nothing is pending
     run = MlflowClient(uri).get_run(run_id)
-    assert run.data.metrics == {"loss": 1.0}
+    assert run.data.tags["stage"] == "train"
     assert run.info.status == "FAILED"
     assert not (paths.mlruns / tracking.PENDING_DIR).exists()
 

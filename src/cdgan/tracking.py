@@ -15,9 +15,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -224,21 +225,23 @@ def tracked_run(params: Params, paths: Paths, run_id: str | None = None) -> Iter
 
 @contextmanager
 def _open_run(paths: Paths, run_id: str) -> Iterator[None]:
-    """The active run's pending buffer for the block, sent when it ends; then the run ends, FINISHED or FAILED
-    (an error or interrupt), never left RUNNING."""
-    pending = _Pending(paths.mlruns / PENDING_DIR / f"{run_id}.jsonl")
-    token = _pending.set(pending)
+    """The active run's metric sender and pending buffer for the block, both emptied when it ends; then the run
+    ends, FINISHED or FAILED (an error or interrupt), never left RUNNING."""
+    run = _OpenRun(run_id, _Pending(paths.mlruns / PENDING_DIR / f"{run_id}.jsonl"))
+    token = _open.set(run)
     try:
         try:
             yield
         finally:  # also after an error: what was measured still reaches the (FAILED) run
-            _flush(pending, run_id)
+            run.sender.shutdown(wait=True)  # queued metrics reach the store or the pending file first
+            _flush(run.pending, run_id)
+        run.raise_refused()
     except BaseException:
-        _end_run(run_id, "FAILED", pending)
+        _end_run(run_id, "FAILED", run.pending)
         raise
     finally:
-        _pending.reset(token)
-    _end_run(run_id, "FINISHED", pending)
+        _open.reset(token)
+    _end_run(run_id, "FINISHED", run.pending)
 
 
 def _end_run(run_id: str, status: str, pending: _Pending) -> None:
@@ -293,11 +296,40 @@ class _Pending:
         return self.path.exists() and any(row.get("kind") == "end" for row in self.rows())
 
 
-_pending: ContextVar[_Pending | None] = ContextVar("cdgan_pending", default=None)  # set by _open_run
+@dataclass
+class _OpenRun:
+    """The run `_open_run` holds: metrics go to the store from one thread of their own, in order, so a log
+    call never waits on the store; what the store cannot take goes to `pending`."""
+
+    run_id: str
+    pending: _Pending
+    client: MlflowClient = field(default_factory=MlflowClient)  # explicit run ids: MLflow's active run is per thread
+    sender: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdgan-metrics")
+    )
+    refused: Exception | None = None  # the first metric the store refused as a bad request
+
+    def send_metrics(self, row: dict[str, Any]) -> None:
+        try:
+            if not _logged(
+                lambda: _send(self.client, self.run_id, row), f"metrics at step {row['step']}", self.pending
+            ):
+                self.pending.append(row)
+        except Exception as err:  # not transient: a bad name or value, the caller's bug
+            self.refused = self.refused or err
+
+    def raise_refused(self) -> None:
+        if self.refused is not None:
+            raise self.refused
+
+
+_open: ContextVar[_OpenRun | None] = ContextVar("cdgan_open_run", default=None)  # set by _open_run
 
 
 def log_metrics(step: int | None, values: dict[str, float]) -> None:
-    """Log to the active run. Inside `tracked_run` a metric the store cannot take never fails the run.
+    """Log to the active run. Inside `tracked_run` the call only queues the values for the run's sender thread
+    (no wait on the store), and a metric the store cannot take never fails the run; one it refuses as a bad
+    request (a bad name or value) raises at the next log call or at the end of the block.
 
     Transient errors (HTTP 5xx or 429, connection errors, a locked SQLite file) are tried again after
     RETRY_DELAYS; if the store still fails, the values go to mlruns/pending/<run id>.jsonl with their step
@@ -307,26 +339,37 @@ def log_metrics(step: int | None, values: dict[str, float]) -> None:
     fall back sooner. Delivery is at least once: a request the server took but did not answer in time may
     be logged twice.
     """
-    timestamp = int(time.time() * 1000)  # kept with buffered values, so a later flush logs the original time
-    if not _logged(lambda: mlflow.log_metrics(values, step=step, timestamp=timestamp), f"metrics at step {step}"):
-        floats = {key: float(value) for key, value in values.items()}  # numpy scalars are not JSON
-        _pending.get().append({"kind": "metrics", "step": step, "timestamp": timestamp, "values": floats})
+    timestamp = int(time.time() * 1000)  # the time of the call, whenever the values reach the store
+    floats = {key: float(value) for key, value in values.items()}  # numpy scalars are not JSON
+    run = _open.get()
+    if run is None:
+        retried(lambda: mlflow.log_metrics(floats, step=step, timestamp=timestamp))
+        return
+    run.raise_refused()
+    run.sender.submit(run.send_metrics, {"kind": "metrics", "step": step, "timestamp": timestamp, "values": floats})
+
+
+def wait_for_metrics() -> None:
+    """Return once the open run's queued metrics reached the store or its pending file."""
+    run = _open.get()
+    if run is not None:
+        run.sender.submit(lambda: None).result()  # one sender thread: its queue is done when this is
 
 
 def log_artifact(path: Path, folder: str | None = None) -> None:
     """Log a file into the active run; inside `tracked_run`, as `log_metrics` does, a store that cannot take
     it gets a copy later (kept under mlruns/pending/<run id>/, so later edits of `path` do not change it)."""
-    if not _logged(lambda: mlflow.log_artifact(str(path), artifact_path=folder), f"artifact {path}"):
-        pending = _pending.get()
+    run = _open.get()
+    pending = run.pending if run is not None else None
+    if not _logged(lambda: mlflow.log_artifact(str(path), artifact_path=folder), f"artifact {path}", pending):
         pending.files.mkdir(parents=True, exist_ok=True)
         copy = Path(tempfile.mkdtemp(dir=pending.files)) / path.name  # one folder per call: names may repeat
         shutil.copy2(path, copy)
         pending.append({"kind": "artifact", "path": str(copy), "folder": folder})
 
 
-def _logged(call: Callable[[], Any], what: str) -> bool:
-    """Run a log call: True if the store took it, False if it belongs in the open run's pending file."""
-    pending = _pending.get()
+def _logged(call: Callable[[], Any], what: str, pending: _Pending | None) -> bool:
+    """Run a log call: True if the store took it, False if it belongs in the open run's `pending` file."""
     if pending is not None and time.monotonic() < pending.retry_at:
         return False
     try:
