@@ -11,7 +11,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from cdgan.data import Dataset, build_dataset, load_dataset, mode_centres, sample_batch, save_dataset
+from cdgan.data import Dataset, StreamedBatches, build_dataset, load_dataset, mode_centres, save_dataset
 from cdgan.errors import CdganError
 from cdgan.params import DataParams
 
@@ -229,13 +229,27 @@ def test_load_dataset_without_labels_raises(tmp_path: Path) -> None:
 # --- batches -------------------------------------------------------------------------------------------------------
 
 
-def test_sample_batch_draws_rows_of_the_data_reproducibly() -> None:
+def _stream(x: np.ndarray, start: int = 0, num_workers: int = 0) -> StreamedBatches:
+    return StreamedBatches(x, 6, seed=0, start=start, device=torch.device("cpu"), num_workers=num_workers)
+
+
+def test_streamed_batches_are_rows_of_the_data_the_same_with_or_without_workers() -> None:
     # given rows that identify themselves
-    x = torch.arange(20.0).view(10, 2)
-    # when
-    a = sample_batch(x, 6, torch.Generator().manual_seed(0))
-    b = sample_batch(x, 6, torch.Generator().manual_seed(0))
-    # then
-    assert a.shape == (6, 2)
-    assert torch.equal(a, b)
-    assert all(row in x.tolist() for row in a.tolist())
+    x = np.arange(40, dtype=np.float32).reshape(20, 2)
+
+    # when batches are streamed in the loop's process and by two workers
+    alone, workers = _stream(x), _stream(x, num_workers=2)
+    a = [alone.next() for _ in range(5)]
+    b = [workers.next() for _ in range(5)]
+
+    # then the workers change nothing, every batch is rows of the data, and batches differ
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    assert all(batch.shape == (6, 2) and all(row in x.tolist() for row in batch.tolist()) for batch in a)
+    assert not torch.equal(a[0], a[1])
+
+
+def test_a_stream_started_at_batch_k_goes_on_as_one_that_drew_k_batches() -> None:
+    x = np.arange(40, dtype=np.float32).reshape(20, 2)
+    from_start = _stream(x)
+    drawn = [from_start.next() for _ in range(4)]
+    assert torch.equal(_stream(x, start=3).next(), drawn[3])

@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
@@ -49,9 +50,11 @@ def _n_runs(project: Path) -> int:
     return len(client.search_runs(experiments))
 
 
-def test_two_ranks_train_the_single_process_model_and_rank_1_writes_nothing(tmp_path: Path) -> None:
-    # given one prepared project for a plain run and one per torchrun rank
-    single, rank0, rank1 = _prepared_copies(tmp_path, ["single", "rank0", "rank1"], **SHARDED)
+@pytest.mark.parametrize("data_loading", ["device", "stream"])
+def test_two_ranks_train_the_single_process_model_and_rank_1_writes_nothing(tmp_path: Path, data_loading: str) -> None:
+    # given one prepared project for a plain run and one per torchrun rank, the data on the device or streamed
+    sections = SHARDED | {"train": SHARDED["train"] | {"data_loading": data_loading, "num_workers": 1}}
+    single, rank0, rank1 = _prepared_copies(tmp_path, ["single", "rank0", "rank1"], **sections)
     rank1_before = _tree(rank1)
 
     # when the same global batch is trained by one process and by two

@@ -14,7 +14,7 @@ import yaml
 
 from cdgan.errors import CdganError
 from cdgan.params import Paths, parse_params
-from cdgan.stages import prepare, resolve_device, train
+from cdgan.stages import prepare, resolve_device, streams, train
 from tests.conftest import BIN, run, tiny_raw
 
 KILLABLE = {
@@ -87,3 +87,20 @@ def test_device_auto_is_cuda_when_present_and_cuda_without_gpu_is_refused() -> N
     if not torch.cuda.is_available():
         with pytest.raises(CdganError, match=r"train\.device=cuda"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize(
+    ("data_loading", "device", "mb", "expected"),
+    [
+        ("auto", "cpu", 10_000, False),  # host memory holds it already: a tensor on it is free
+        ("auto", "cuda", 100, False),
+        ("auto", "cuda", 3000, True),  # past device_data_mb (2048)
+        ("stream", "cpu", 1, True),
+        ("device", "cuda", 10_000, False),
+    ],
+)
+def test_batches_stream_when_asked_or_when_the_data_would_crowd_the_gpu(
+    data_loading: str, device: str, mb: int, expected: bool
+) -> None:
+    params = parse_params(tiny_raw(train={"data_loading": data_loading})).train
+    assert streams(params, mb * 2**20, torch.device(device)) is expected

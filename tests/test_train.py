@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from cdgan.data import build_dataset
+from cdgan.data import StreamedBatches, build_dataset
 from cdgan.errors import CdganError
 from cdgan.files import load_torch
 from cdgan.losses import LOSSES
@@ -195,6 +195,29 @@ def test_resume_from_checkpoint_is_bitwise(tmp_path: Path, deterministic: None) 
     fit(resumed, x, full, _no_log)
     # then it matches the uninterrupted run bit for bit
     for net in ("generator", "energy", "sampling_generator"):
+        a, b = getattr(straight, net).state_dict(), getattr(resumed, net).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{net} differs after resume"
+
+
+def test_streamed_training_resumes_bitwise_at_its_batch(tmp_path: Path, deterministic: None) -> None:
+    # given a stream of real batches (two DataLoader workers), and 2 energy steps per generator step
+    full = _train(steps=4, n_critic=2, data_loading="stream")
+    half = full.model_copy(update={"steps": 2})
+    x = _points().numpy()
+
+    def stream(start: int) -> StreamedBatches:
+        return StreamedBatches(x, full.batch_size, full.seed, start, CPU, num_workers=2)
+
+    straight = fit(_state(full, _points()), stream(0), full, _no_log)
+    fit(_state(half, _points()), stream(0), half, _no_log, checkpoint_path=tmp_path / "checkpoint.pt")
+
+    # when a run restored at step 2 streams on from batch 2 * n_critic, as `cdgan train` does
+    resumed = _state(full, _points())
+    restore_state(resumed, load_torch(tmp_path / "checkpoint.pt"))
+    fit(resumed, stream(resumed.step * full.n_critic), full, _no_log)
+
+    # then it matches the uninterrupted run bit for bit
+    for net in ("generator", "energy"):
         a, b = getattr(straight, net).state_dict(), getattr(resumed, net).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), f"{net} differs after resume"
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cdgan import distributed
 from cdgan.errors import CdganError
 from cdgan.files import write_atomic
 from cdgan.params import DataParams
@@ -147,7 +150,50 @@ def load_dataset(path: Path) -> Dataset:
         raise CdganError(f"{path}: corrupt prepared data ({type(err).__name__}); rerun `cdgan prepare`") from None
 
 
-def sample_batch(x: Tensor, batch_size: int, generator: torch.Generator) -> Tensor:
-    """A random batch from a data set held on the device as one tensor (no DataLoader workers)."""
-    index = torch.randint(len(x), (batch_size,), generator=generator, device=generator.device)
-    return x[index]
+class _Rows(torch.utils.data.Dataset):
+    """Rows of a host-memory array, fetched a whole batch per call (the sampler yields index lists)."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.x = x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: list[int]) -> Tensor:
+        return torch.from_numpy(self.x[np.asarray(index)])
+
+
+class _GlobalBatchShares(torch.utils.data.Sampler[list[int]]):
+    """This rank's share of global batch b, b = start, start + 1, ...: batch b's rows depend only on (seed, b),
+    so every rank draws the same global batch and a resumed run continues the stream at its batch."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int) -> None:
+        self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for b in itertools.count(self.start):
+            index = np.random.default_rng([self.seed, b]).integers(self.n, size=self.batch_size)
+            yield distributed.share(torch.from_numpy(index)).tolist()
+
+
+class StreamedBatches:
+    """Real batches for a data set too big for the device: DataLoader workers gather each batch from host
+    memory (shared with the forked workers, not copied), into pinned memory on CUDA, and the copy to the
+    device overlaps the step. `start` is the number of batches the run has drawn already."""
+
+    def __init__(
+        self, x: np.ndarray, batch_size: int, seed: int, start: int, device: torch.device, num_workers: int
+    ) -> None:
+        loader = torch.utils.data.DataLoader(
+            _Rows(x),
+            sampler=_GlobalBatchShares(len(x), batch_size, seed, start),
+            batch_size=None,  # the sampler's index lists are the batches
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+            prefetch_factor=4 if num_workers else None,
+        )
+        self._batches = iter(loader)
+        self._device = device
+
+    def next(self) -> Tensor:
+        return next(self._batches).to(self._device, non_blocking=True)

@@ -108,6 +108,9 @@ class TrainParams(_Section):
     eval_every: int = Field(500, ge=0)  # score (FID or modes) during training; 0 = never
     checkpoint_every: int = Field(500, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    data_loading: Literal["auto", "device", "stream"] = "auto"  # auto: stream on CUDA past device_data_mb
+    device_data_mb: float = Field(2048.0, gt=0)  # a CUDA device holds prepared data up to this size whole
+    num_workers: int = Field(2, ge=0)  # DataLoader workers gathering streamed batches; 0 = in the loop's process
     amp: bool = False  # bf16 autocast of the forward passes (GPUs with bf16; CPUs too, usually slower)
     channels_last: bool = False  # NHWC memory layout for the conv nets (image data only); faster convs on GPUs
     compile: bool = False  # torch.compile both networks; not with spectral norm or gradient penalties

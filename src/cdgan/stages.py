@@ -21,18 +21,18 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from cdgan import distributed, registry, tracking
 from cdgan.classifier import StackedClassifier, fit_classifier
-from cdgan.data import Dataset, build_dataset, load_dataset, mode_centres, save_dataset
+from cdgan.data import Dataset, StreamedBatches, build_dataset, load_dataset, mode_centres, save_dataset
 from cdgan.errors import CdganError
 from cdgan.evaluation import build_scorer, build_suite, primary_metric, save_reference, score_model
 from cdgan.files import load_torch, read_json, save_torch, write_atomic, write_json
 from cdgan.losses import LOSSES
 from cdgan.models import EnergyNet, Generator, build_models
-from cdgan.params import Params, Paths
+from cdgan.params import Params, Paths, TrainParams
 from cdgan.pictures import save_curves_png, save_samples_png
 from cdgan.probe import gradient_probe
 from cdgan.report import write_csv
 from cdgan.sampler import draw_samples
-from cdgan.train import TrainState, checkpoint_dict, fit, init_state, restore_state
+from cdgan.train import RealData, TrainState, checkpoint_dict, fit, init_state, restore_state
 
 SCORE_SAMPLES = 1000  # samples behind each score during training (FID over time), raw G(z)
 LOSS_KEYS = ("loss_e", "loss_g", "e_real", "e_fake", "grad_norm_g")
@@ -137,7 +137,7 @@ def train(params: Params, paths: Paths) -> TrainResult:
         state = init_state(params.model, params.train, real.shape, device)
         if saved is not None:
             restore_state(state, saved)
-        x_data = torch.from_numpy(real.x).to(device)  # small data sets live on the device as one tensor
+        x_data = _real_data(params.train, real, state.step, device)
         if distributed.is_main():
             result = _train_tracked(params, paths, state, real, x_data, saved, resume_path)
         else:  # the same steps on this rank's shares; rank 0 saves the checkpoints
@@ -146,12 +146,26 @@ def train(params: Params, paths: Paths) -> TrainResult:
         return distributed.broadcast_object(result)
 
 
+def streams(train: TrainParams, nbytes: int, device: torch.device) -> bool:
+    """Whether training streams its batches: asked for, or (auto) data bigger than `device_data_mb` for a
+    CUDA device. On the CPU the prepared array is in host memory already, and a tensor on it costs nothing."""
+    if train.data_loading == "auto":
+        return device.type == "cuda" and nbytes > train.device_data_mb * 2**20
+    return train.data_loading == "stream"
+
+
+def _real_data(train: TrainParams, real: Dataset, step: int, device: torch.device) -> RealData:
+    if streams(train, real.x.nbytes, device):
+        return StreamedBatches(real.x, train.batch_size, train.seed, step * train.n_critic, device, train.num_workers)
+    return torch.from_numpy(real.x).to(device)  # small data sets live on the device as one tensor
+
+
 def _train_tracked(
     params: Params,
     paths: Paths,
     state: TrainState,
     real: Dataset,
-    x_data: torch.Tensor,
+    x_data: RealData,
     saved: dict[str, Any] | None,
     resume_path: Path,
 ) -> TrainResult:

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cdgan import distributed
+from cdgan.data import StreamedBatches
 from cdgan.errors import CdganError
 from cdgan.files import save_torch
 from cdgan.losses import LOSSES, energy_magnitude, gradient_penalty, real_gradient_penalty, refine_langevin
@@ -20,6 +21,7 @@ from cdgan.params import ModelParams, TrainParams
 
 Log = Callable[[int, dict[str, float]], None]
 Score = Callable[[Generator, EnergyNet], dict[str, float]]
+RealData = Tensor | StreamedBatches  # the whole data set on the device, or batches streamed to it
 ENERGY_BOUND = 1e4  # |E| beyond this means the energy net diverged (lr or Langevin step too large)
 
 
@@ -171,11 +173,17 @@ def _update(net: nn.Module, opt: torch.optim.Optimizer, loss: Tensor) -> None:
     opt.step()
 
 
-def energy_step(params: TrainParams, s: TrainState, x_data: Tensor) -> dict[str, Tensor]:
+def _real_batch(params: TrainParams, s: TrainState, real: RealData) -> Tensor:
+    if isinstance(real, StreamedBatches):
+        return real.next()
+    index = torch.randint(len(real), (params.batch_size,), generator=s.rng, device=s.rng.device)
+    return real[distributed.share(index)]
+
+
+def energy_step(params: TrainParams, s: TrainState, real: RealData) -> dict[str, Tensor]:
     """One energy-net step on this rank's share of a global batch (all of it outside torchrun)."""
     loss = LOSSES[params.loss]
-    index = torch.randint(len(x_data), (params.batch_size,), generator=s.rng, device=s.rng.device)
-    x_real = x_data[distributed.share(index)]
+    x_real = _real_batch(params, s, real)
     with _autocast(params, s):
         with torch.no_grad():
             x_fake = s.generator(_latents(params, s)).float()  # fp32 chains: bf16 would swallow small steps
@@ -220,21 +228,22 @@ def _check_finite(step: int, values: dict[str, float], params: TrainParams) -> N
 
 def fit(
     state: TrainState,
-    x_data: Tensor,
+    real: RealData,
     params: TrainParams,
     log: Log,
     score: Score | None = None,
     checkpoint_path: Path | None = None,
     meta: dict[str, Any] | None = None,
 ) -> TrainState:
-    """Train from `state.step` to `params.steps` generator steps; `x_data` already sits on the device.
+    """Train from `state.step` to `params.steps` generator steps on `real`: a tensor on the device (batches
+    drawn from the loop's own random stream) or a stream that starts at batch `state.step * params.n_critic`.
 
     Under torchrun every rank calls this with the same state, data and `checkpoint_path`; only rank 0 saves.
     """
     state.generator.train()
     while state.step < params.steps:
         for _ in range(params.n_critic):
-            values = energy_step(params, state, x_data)
+            values = energy_step(params, state, real)
         values |= _generator_step(params, state)
         state.step += 1
         step, is_last = state.step, state.step == params.steps
