@@ -191,7 +191,6 @@ def _experiments() -> dict[str, list[Any]]:
     return {
         "stage_no_bar": [mock.patch.object(stages, "_progress_bar", _disabled_bar)],
         "stage_bar_manual_refresh": [mock.patch.object(stages, "Progress", _ManualRefreshProgress)],
-        "stage_async_mlflow": [mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ASYNC_LOGGING": "true"})],
         "stage_nondeterministic": [mock.patch.object(torch, "use_deterministic_algorithms", lambda *a, **k: None)],
     }
 
