@@ -50,10 +50,17 @@ def _n_runs(project: Path) -> int:
     return len(client.search_runs(experiments))
 
 
-@pytest.mark.parametrize("data_loading", ["device", "stream"])
-def test_two_ranks_train_the_single_process_model_and_rank_1_writes_nothing(tmp_path: Path, data_loading: str) -> None:
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"data_loading": "device"},
+        {"data_loading": "stream", "num_workers": 1, "loss": "wgan-gp"},  # interpolation weights: a share each
+    ],
+    ids=["device-cd", "stream-wgan-gp"],
+)
+def test_two_ranks_train_the_single_process_model_and_rank_1_writes_nothing(tmp_path: Path, variant: dict) -> None:
     # given one prepared project for a plain run and one per torchrun rank, the data on the device or streamed
-    sections = SHARDED | {"train": SHARDED["train"] | {"data_loading": data_loading, "num_workers": 1}}
+    sections = SHARDED | {"train": SHARDED["train"] | variant}
     single, rank0, rank1 = _prepared_copies(tmp_path, ["single", "rank0", "rank1"], **sections)
     rank1_before = _tree(rank1)
 

@@ -171,7 +171,7 @@ def test_gradient_penalty_closed_form_on_linear_energy(scale: float) -> None:
     x_real = torch.randn(6, 2, dtype=torch.float64)
     x_fake = torch.randn(6, 2, dtype=torch.float64)
     # when
-    gp = gradient_penalty(lambda x: x @ w, x_real, x_fake, torch.Generator().manual_seed(0))
+    gp = gradient_penalty(lambda x: x @ w, x_real, x_fake, torch.rand(6, dtype=torch.float64))
     # then the penalty is (|w| - 1)^2, zero for a unit-norm direction
     assert gp.item() == pytest.approx((scale - 1) ** 2, abs=1e-12)
 
@@ -180,7 +180,7 @@ def test_gradient_penalty_closed_form_on_image_shaped_linear_energy() -> None:
     # given E(x) = sum of x over (C, H, W) = 1*2*2 pixels: |dE/dx| = sqrt(4) = 2
     x_real, x_fake = torch.randn(3, 1, 2, 2), torch.randn(3, 1, 2, 2)
     # when
-    gp = gradient_penalty(lambda x: x.flatten(1).sum(1), x_real, x_fake, None)
+    gp = gradient_penalty(lambda x: x.flatten(1).sum(1), x_real, x_fake, torch.rand(3))
     # then
     assert gp.item() == pytest.approx((2.0 - 1.0) ** 2, rel=1e-6)
 
@@ -189,7 +189,7 @@ def test_gradient_penalty_flows_to_energy_parameters() -> None:
     # given a parametrised linear energy whose gradient norm is 2
     w = torch.tensor([2.0, 0.0], requires_grad=True)
     # when
-    gp = gradient_penalty(lambda x: x @ w, torch.randn(4, 2), torch.randn(4, 2), None)
+    gp = gradient_penalty(lambda x: x @ w, torch.randn(4, 2), torch.randn(4, 2), torch.rand(4))
     gp.backward()
     # then d/dw (|w| - 1)^2 = 2 (|w| - 1) w / |w| = (2, 0)
     torch.testing.assert_close(w.grad, torch.tensor([2.0, 0.0]))

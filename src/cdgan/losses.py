@@ -85,10 +85,10 @@ def critic_generator_loss(e_gen: Tensor) -> Tensor:
     return e_gen.mean()  # lower E(G(z)); -D(G(z)) for hinge and WGAN
 
 
-def gradient_penalty(energy: EnergyFn, x_real: Tensor, x_fake: Tensor, generator: torch.Generator | None) -> Tensor:
-    """WGAN-GP (Gulrajani et al.): (|dE/dx| - 1)^2 on random interpolates of real and fake."""
-    shape = (len(x_real),) + (1,) * (x_real.dim() - 1)
-    alpha = torch.rand(shape, generator=generator, device=x_real.device)
+def gradient_penalty(energy: EnergyFn, x_real: Tensor, x_fake: Tensor, alpha: Tensor) -> Tensor:
+    """WGAN-GP (Gulrajani et al.): (|dE/dx| - 1)^2 on the interpolates alpha * real + (1 - alpha) * fake, with
+    alpha (N,) uniform in [0, 1], drawn by the caller (under torchrun: a share of one global draw)."""
+    alpha = alpha.view(-1, *[1] * (x_real.dim() - 1))
     x_hat = (alpha * x_real + (1 - alpha) * x_fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(energy(x_hat).sum(), x_hat, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).square().mean()

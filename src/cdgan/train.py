@@ -194,8 +194,9 @@ def energy_step(params: TrainParams, s: TrainState, real: RealData) -> dict[str,
         loss_e = loss.energy(e_real, e_fake)
         if loss.is_unbounded:
             loss_e = loss_e + params.energy_reg * energy_magnitude(e_real, e_fake)
-        if loss.has_gradient_penalty:  # under torchrun each rank draws B / world alphas alike, not a share of B
-            loss_e = loss_e + params.gp_weight * gradient_penalty(s.energy, x_real, x_fake, s.rng)
+        if loss.has_gradient_penalty:
+            alpha = distributed.share(torch.rand(params.batch_size, generator=s.rng, device=s.rng.device))
+            loss_e = loss_e + params.gp_weight * gradient_penalty(s.energy, x_real, x_fake, alpha)
         if params.real_gp:
             loss_e = loss_e + params.real_gp * real_gradient_penalty(s.energy, x_real)
     _update(s.energy, s.opt_e, loss_e)
