@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated
 
 import click
 import typer
 from rich.console import Console
 
-from cdgan import stages
 from cdgan.errors import CdganError
 from cdgan.params import Paths, load_params
 
@@ -28,10 +28,19 @@ PARAMS_FILE = Path("params.yaml")
 console = Console(stderr=True)
 
 
+def _stages() -> ModuleType:
+    """cdgan.stages, imported when a command runs, after its params loaded: it loads torch, MLflow and
+    torchmetrics (5-8 s here), which --help, a bad flag and a bad params.yaml do not need (0.3 s)."""
+    from cdgan import stages
+
+    return stages
+
+
 @app.command()
 def prepare(params: ParamsOption = PARAMS_FILE) -> None:
     """Build the data set in data/prepared/ (and the domain classifier behind FID for images)."""
-    result = stages.prepare(load_params(params), Paths())
+    loaded = load_params(params)
+    result = _stages().prepare(loaded, Paths())
     accuracy = "" if result.classifier_accuracy is None else f", classifier accuracy {result.classifier_accuracy:.3f}"
     console.print(f"prepared {result.n_examples} examples of shape {result.data_shape}{accuracy}")
 
@@ -39,7 +48,8 @@ def prepare(params: ParamsOption = PARAMS_FILE) -> None:
 @app.command()
 def train(params: ParamsOption = PARAMS_FILE) -> None:
     """Train generator and energy net; writes models/ and metrics/train.json, logs to MLflow."""
-    result = stages.train(load_params(params), Paths())
+    loaded = load_params(params)
+    result = _stages().train(loaded, Paths())
     if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns; one of them reports
         console.print(f"trained {result.steps} steps in {result.seconds:.1f}s, MLflow run {result.mlflow_run_id}")
 
@@ -59,7 +69,8 @@ def evaluate(
     With --model-uri, score a logged or registered model on the prepared data instead; its metrics go
     to --out only, leaving the DVC outputs and the MLflow runs untouched.
     """
-    result = stages.evaluate(load_params(params), Paths(), model_uri, out)
+    loaded = load_params(params)
+    result = _stages().evaluate(loaded, Paths(), model_uri, out)
     where = f"samples in {result.samples_png}" if result.samples_png else f"metrics in {result.metrics_json}"
     console.print(" ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()) + f"; {where}")
 
@@ -70,7 +81,8 @@ def register(
     force: Annotated[bool, typer.Option(help="make the new version champion even if it is not better")] = False,
 ) -> None:
     """Log the sampler as an MLflow model, register a version, move `champion` if it is better."""
-    result = stages.register(load_params(params), Paths(), force)
+    loaded = load_params(params)
+    result = _stages().register(loaded, Paths(), force)
     console.print(f"registered version {result.version} as {result.alias}: {result.reason}")
 
 
@@ -88,7 +100,8 @@ def sample(
     params: ParamsOption = PARAMS_FILE,
 ) -> None:
     """Write N samples: (N, 2) points or (N, C, H, W) images in [-1, 1]."""
-    path = stages.sample(load_params(params), Paths(), n, seed, out, model_uri, generator)
+    loaded = load_params(params)
+    path = _stages().sample(loaded, Paths(), n, seed, out, model_uri, generator)
     console.print(f"wrote {n} samples to {path}")
 
 
@@ -101,7 +114,8 @@ def probe(
 ) -> None:
     """Vanishing-gradient probe: generator gradient norm per loss as E trains against a frozen G."""
     steps = [int(s) for s in critic_steps.split(",") if s.strip()]
-    result = stages.probe(load_params(params), Paths(), [s.strip() for s in losses.split(",")], steps, out)
+    loaded = load_params(params)
+    result = _stages().probe(loaded, Paths(), [s.strip() for s in losses.split(",")], steps, out)
     console.print(f"wrote {result.csv} and {result.png}")
 
 
