@@ -185,9 +185,13 @@ def _trial_runner(cluster: str | None) -> Iterator[TaskRunner]:
         raise CdganError("cdgan-sweep --cluster needs the dask extra: pip install -e '.[dask]'") from None
     how_to = f"start one with `dask scheduler` and workers with `dask worker {cluster}`"
     try:
-        get_address_host_port(normalize_address(cluster))
+        host, port = get_address_host_port(normalize_address(cluster))
     except ValueError as err:
         raise CdganError(f"Dask scheduler address {cluster!r}: {err}; expected tcp://HOST:PORT") from None
+    try:  # a refused connection fails here at once; Dask's client would keep trying for CONNECT_SECONDS
+        socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
+    except OSError as err:
+        raise CdganError(f"Dask scheduler {cluster} is unreachable ({err}); {how_to}") from None
     # workers need not import this module (a deployment loads it as `flows`, the CLI as `__main__`): the
     # trial's code travels with it; cdgan, prefect and distributed come from the worker's environment
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
