@@ -19,7 +19,7 @@ from tests.conftest import BIN, run, tiny_raw
 
 KILLABLE = {
     "data": {"dataset": "grid25", "n_points": 2000},
-    "train": {"steps": 1500, "checkpoint_every": 25, "eval_every": 500, "log_every": 100, "cd_k": 1},
+    "train": {"steps": 600, "checkpoint_every": 25, "eval_every": 300, "log_every": 100, "cd_k": 1},
 }
 
 
@@ -56,9 +56,10 @@ def test_killed_training_resumes_to_bitwise_identical_weights(tmp_path: Path, ml
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs after resume"
     losses = (resumed / "plots/train/losses.csv").read_text().splitlines()
-    assert len(losses) == 1 + 1500 // 100, "loss history from before the kill is kept"
+    steps = KILLABLE["train"]["steps"]
+    assert len(losses) == 1 + steps // 100, "loss history from before the kill is kept"
     assert not any(resume_dir.glob("*.pt")), "a finished run leaves no resume checkpoint"
-    assert json.loads((resumed / "metrics/train.json").read_text())["steps"] == 1500
+    assert json.loads((resumed / "metrics/train.json").read_text())["steps"] == steps
 
 
 def test_divergence_stops_with_the_step_and_the_likely_cause(
