@@ -17,7 +17,7 @@ run: setup  ## the whole pipeline on the embedded digits data: prepare -> train 
 	dvc repro
 	dvc metrics show
 
-test: setup  ## lint, then the pytest suite (CPU, a few minutes)
+test: setup  ## lint, then the pytest suite (CPU, about 13 min on 2 cores)
 	ruff check .
 	pytest
 
