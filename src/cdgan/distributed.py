@@ -2,8 +2,8 @@
 
 Every rank draws the whole global batch of random numbers from the shared seeded generator and keeps its own
 rows (`share`), and gradients are averaged after each backward, so N ranks train the single-process model up
-to float rounding. Two exceptions: wgan-gp's interpolation weights (drawn inside `gradient_penalty`), and
-BatchNorm in conv generators on the CPU, which sees each rank's share (SyncBatchNorm has CUDA kernels only).
+to float rounding. One exception: BatchNorm in conv generators on the CPU, which sees each rank's share
+(SyncBatchNorm has CUDA kernels only).
 Outside torchrun every function here is the identity, a no-op or rank 0 of 1.
 """
 

@@ -137,11 +137,11 @@ def train(params: Params, paths: Paths) -> TrainResult:
         state = init_state(params.model, params.train, real.shape, device)
         if saved is not None:
             restore_state(state, saved)
-        x_data = _real_data(params.train, real, state.step, device)
+        real_data = device_or_stream(params.train, real.x, state.step, device)
         if distributed.is_main():
-            result = _train_tracked(params, paths, state, real, x_data, saved, resume_path)
+            result = _train_tracked(params, paths, state, real, real_data, saved, resume_path)
         else:  # the same steps on this rank's shares; rank 0 saves the checkpoints
-            fit(state, x_data, params.train, lambda step, values: None, checkpoint_path=resume_path)
+            fit(state, real_data, params.train, lambda step, values: None, checkpoint_path=resume_path)
             result = None
         return distributed.broadcast_object(result)
 
@@ -154,10 +154,11 @@ def streams(train: TrainParams, nbytes: int, device: torch.device) -> bool:
     return train.data_loading == "stream"
 
 
-def _real_data(train: TrainParams, real: Dataset, step: int, device: torch.device) -> RealData:
-    if streams(train, real.x.nbytes, device):
-        return StreamedBatches(real.x, train.batch_size, train.seed, step * train.n_critic, device, train.num_workers)
-    return torch.from_numpy(real.x).to(device)  # small data sets live on the device as one tensor
+def device_or_stream(train: TrainParams, x: np.ndarray, step: int, device: torch.device) -> RealData:
+    """The prepared data for `fit` at `step`: one tensor on the device, or streamed batches (see `streams`)."""
+    if streams(train, x.nbytes, device):
+        return StreamedBatches(x, train.batch_size, train.seed, step * train.n_critic, device, train.num_workers)
+    return torch.from_numpy(x).to(device)  # small data sets live on the device as one tensor
 
 
 def _train_tracked(
@@ -165,7 +166,7 @@ def _train_tracked(
     paths: Paths,
     state: TrainState,
     real: Dataset,
-    x_data: RealData,
+    real_data: RealData,
     saved: dict[str, Any] | None,
     resume_path: Path,
 ) -> TrainResult:
@@ -192,7 +193,7 @@ def _train_tracked(
             info = " ".join(f"{k}={v:.3g}" for k, v in values.items())
             progress.update(task, completed=step, info=info, refresh=True)
 
-        fit(state, x_data, params.train, log, score, resume_path, meta)
+        fit(state, real_data, params.train, log, score, resume_path, meta)
         seconds = time.perf_counter() - start
         save_torch(paths.checkpoint, checkpoint_dict(state, meta))
         save_torch(paths.generator, state.sampling_generator.state_dict())

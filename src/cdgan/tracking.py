@@ -203,24 +203,23 @@ def tracked_run(params: Params, paths: Paths, run_id: str | None = None) -> Iter
     """
     uri = connect(paths)
     _flush_closed(paths)
-    if run_id is None:
+    is_new = run_id is None
+    if is_new:
         experiment_id = _experiment_id(experiment_name(params), uri)
-        run = retried(
+        run_id = retried(
             lambda: mlflow.start_run(
                 experiment_id=experiment_id,
                 run_name=f"{params.train.loss}-k{params.train.cd_k}-s{params.train.seed}",
                 parent_run_id=os.environ.get(PARENT_RUN_ENV) or None,
             )
-        )
-        with _open_run(paths, run.info.run_id):
-            retried(lambda: mlflow.log_params(flat_params(params)))
-            retried(lambda: mlflow.set_tags(lineage_tags(paths.root)))
-            yield run.info.run_id
+        ).info.run_id
     else:
         retried(lambda: mlflow.start_run(run_id=run_id))
-        with _open_run(paths, run_id):
-            retried(lambda: mlflow.set_tags(lineage_tags(paths.root)))
-            yield run_id
+    with _open_run(paths, run_id):
+        if is_new:
+            retried(lambda: mlflow.log_params(flat_params(params)))
+        retried(lambda: mlflow.set_tags(lineage_tags(paths.root)))
+        yield run_id
 
 
 @contextmanager
@@ -400,17 +399,15 @@ def retried(call: Callable[[], Any], delays: tuple[float, ...] | None = None) ->
     At least once: use it for calls whose repetition is harmless (a SQLite error rolls the call back; a
     server that took a request but did not answer may see it twice).
     """
-    for delay in RETRY_DELAYS if delays is None else delays:
+    for delay in (*(RETRY_DELAYS if delays is None else delays), None):  # None: the last try
         try:
             with _ctrl_c_after_the_call():
                 return call()
         except Exception as err:
-            if not is_transient(err):
+            if delay is None or not is_transient(err):
                 raise
             _log.info("MLflow store call failed (%s); trying again in %.0fs", err, delay)
             time.sleep(delay)
-    with _ctrl_c_after_the_call():
-        return call()  # the last try: its error goes to the caller
 
 
 @contextmanager

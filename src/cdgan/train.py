@@ -138,9 +138,8 @@ def _refine(params: TrainParams, s: TrainState, x: Tensor) -> Tensor:
         params.langevin_step_size,
         params.langevin_noise,
         clamp,
-        s.rng,
-        params.langevin_grad_clip,
-        global_noise,
+        grad_clip=params.langevin_grad_clip,
+        draw_noise=global_noise,  # from s.rng, so refine_langevin's own `generator` stays unused
     )
 
 
