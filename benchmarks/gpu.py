@@ -13,17 +13,18 @@ import shutil
 import subprocess
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
 import torch
-from benchmarks.throughput import no_log, project_params
-from benchmarks.timing import Timing, interleaved, median, note, timed
+from benchmarks.throughput import fit_arm, no_log, project_params
+from benchmarks.timing import interleaved, median, note
 
-from cdgan.data import StreamedBatches, build_dataset
+from cdgan import stages
+from cdgan.data import build_dataset
 from cdgan.params import Params
-from cdgan.train import RealData, fit, init_state
+from cdgan.train import fit, init_state
 
 SETTING = {"batch_size": 256, "cd_k": 5, "eval_every": 0}
 SYNC_STEPS = 20
@@ -43,28 +44,6 @@ def _params(steps: int, **train: object) -> Params:
     data = params.data.model_copy(update={"image_size": 32})
     model = params.model.model_copy(update={"spectral_norm": False})  # the same nets for every arm, compile too
     return params.model_copy(update={"data": data, "model": model})
-
-
-def _real(params: Params, x: np.ndarray, device: torch.device) -> RealData:
-    train = params.train
-    if train.data_loading == "stream":
-        return StreamedBatches(x, train.batch_size, train.seed, 0, device, train.num_workers)
-    return torch.from_numpy(x).to(device)
-
-
-def _arm(params: Params, x: np.ndarray, device: torch.device) -> Callable[[], Timing]:
-    def arm() -> Timing:
-        state = init_state(params.model, params.train, tuple(x.shape[1:]), device)
-        real = _real(params, x, device)
-
-        def run() -> None:
-            fit(state, real, params.train, no_log)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)  # the clock stops when the GPU is done, not when it was told
-
-        return timed(run)
-
-    return arm
 
 
 @contextmanager
@@ -97,7 +76,7 @@ def _host_syncs(params: Params, x: np.ndarray, device: torch.device, steps: int)
     """Host syncs of `steps` training steps, the last of them a log step, from CUDA's sync debug mode."""
     train = params.train.model_copy(update={"steps": 1 + steps, "log_every": 1 + steps})
     state = init_state(params.model, train, tuple(x.shape[1:]), device)
-    real = _real(params, x, device)
+    real = stages.device_or_stream(train, x, 0, device)
     fit(state, real, train.model_copy(update={"steps": 1}), no_log)  # a first step outside: lazy set-up syncs
     torch.cuda.synchronize(device)
     with warnings.catch_warnings(record=True) as caught:
@@ -118,7 +97,7 @@ def measure(quick: bool) -> dict[str, object]:
     steps, repeats = (50, 3) if quick else (300, 5)
     x = build_dataset(_params(steps).data).x
     note(f"gpu: {torch.cuda.get_device_name(device)}, stacked-digits {x.shape}, {steps} steps, {repeats} repeats")
-    arms = {name: _arm(_params(steps, **train), x, device) for name, train in VARIANTS.items()}
+    arms = {name: fit_arm(_params(steps, **train), x, device) for name, train in VARIANTS.items()}
     for arm in arms.values():
         arm()  # warm-up
     utilisation: list[float] = []

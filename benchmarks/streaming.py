@@ -8,43 +8,26 @@ that would crowd a GPU, and this measures what it costs where it is not needed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from benchmarks.throughput import fit_arm, project_params
+from benchmarks.timing import interleaved, median, note
 
-import numpy as np
-import torch
-from benchmarks.throughput import no_log, project_params
-from benchmarks.timing import Timing, interleaved, median, note, timed
-
-from cdgan.data import StreamedBatches, build_dataset
+from cdgan.data import build_dataset
 from cdgan.params import Params
-from cdgan.train import RealData, fit, init_state
 
-CPU = torch.device("cpu")
 WORKERS = (0, 2)
-
-
-def _arm(params: Params, x: np.ndarray, workers: int | None) -> Callable[[], Timing]:
-    """Seconds of `fit` over params.train.steps; `workers` None: the data as one tensor."""
-    train = params.train
-
-    def arm() -> Timing:
-        state = init_state(params.model, train, tuple(x.shape[1:]), CPU)
-        real: RealData = (
-            torch.from_numpy(x)
-            if workers is None
-            else StreamedBatches(x, train.batch_size, train.seed, 0, CPU, workers)
-        )
-        return timed(lambda: fit(state, real, train, no_log))
-
-    return arm
 
 
 def measure(quick: bool) -> dict[str, object]:
     steps, repeats = (40, 5) if quick else (200, 9)
-    params = project_params("stacked-digits", steps=steps, eval_every=0)
+
+    def stacked(**train: object) -> Params:
+        return project_params("stacked-digits", steps=steps, eval_every=0, **train)
+
+    params = stacked()
     x = build_dataset(params.data).x
     note(f"streaming on stacked-digits {x.shape}: {steps} steps per timing, {repeats} interleaved repeats")
-    arms = {"tensor": _arm(params, x, None)} | {f"workers_{w}": _arm(params, x, w) for w in WORKERS}
+    arms = {"tensor": fit_arm(params, x)}
+    arms |= {f"workers_{w}": fit_arm(stacked(data_loading="stream", num_workers=w), x) for w in WORKERS}
     for arm in arms.values():
         arm()  # warm-up
     seconds = interleaved(arms, repeats)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import numpy as np
 import torch
 import yaml
 from benchmarks.timing import REPO, Timing, environ, interleaved, median, note, paired_ratio, rounded, stopwatch, timed
@@ -30,6 +31,7 @@ from cdgan.models import EnergyNet, Generator, build_models
 from cdgan.params import ModelParams, Params, Paths, TrainParams, parse_params
 from cdgan.train import fit, init_state
 
+CPU = torch.device("cpu")
 # Train params the bare loop does not write; the benchmark refuses to compare when one is switched on.
 _PLAIN_CD = {"loss": "cd", "replay_size": 0, "real_gp": 0.0, "langevin_grad_clip": 0.0, "generator_objective": "energy"}
 
@@ -195,13 +197,21 @@ def _experiments() -> dict[str, list[Any]]:
     }
 
 
-def _fit_arm(params: Params, x_data: Tensor) -> Callable[[], Timing]:
-    """`cdgan.train.fit` alone, nothing logged or saved: the loop's own code against the bare loop."""
+def fit_arm(params: Params, x: np.ndarray, device: torch.device = CPU) -> Callable[[], Timing]:
+    """`cdgan.train.fit` alone from fresh weights, nothing logged or saved, its data on the device or streamed
+    as `stages.train` would; the clock stops when the device is done."""
 
     def arm() -> Timing:
         with torch_globals():
-            state = init_state(params.model, params.train, tuple(x_data.shape[1:]), torch.device("cpu"))
-            return timed(lambda: fit(state, x_data, params.train, no_log))
+            state = init_state(params.model, params.train, tuple(x.shape[1:]), device)
+            real = stages.device_or_stream(params.train, x, 0, device)
+
+            def run() -> None:
+                fit(state, real, params.train, no_log)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+
+            return timed(run)
 
     return arm
 
@@ -234,7 +244,7 @@ def measure_dataset(dataset: str, steps: int, repeats: int, breakdown: bool, eva
         inside: list[Timing] = []
         arms = {"stage": _stage_arm(params, paths, inside), "bare": _bare_arm(params, x_data)}
         if breakdown:
-            arms["fit"] = _fit_arm(params, x_data)
+            arms["fit"] = fit_arm(params, x_data.numpy())
             arms |= {name: _stage_arm(params, paths, [], *patches) for name, patches in _experiments().items()}
             scoring = project_params(dataset, steps=steps)  # eval_every as params.yaml sets it: FID during training
             arms["stage_with_scoring"] = _stage_arm(scoring, paths, [])
