@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -53,6 +54,22 @@ def test_repro_then_status_is_clean_and_second_repro_does_nothing(dvc_repo: Path
     assert "up to date" in status.stdout, status.stdout
     again = run(["dvc", "repro"], dvc_repo)
     assert "Running stage" not in again.stdout, again.stdout
+
+
+def test_a_code_edit_makes_status_name_the_stages_that_import_it(dvc_repo: Path, tmp_path: Path) -> None:
+    # given a copy of the reproduced project (the fixture's own is never mutated)
+    project = shutil.copytree(dvc_repo, tmp_path / "project", symlinks=True)
+
+    # when code that only the train stage calls changes (stages.py, which the old deps list missed)
+    with (project / "src" / "cdgan" / "stages.py").open("a") as f:
+        f.write("\n# an edit\n")
+    status = json.loads(run(["dvc", "status", "--json"], project).stdout)
+
+    # then every stage whose command imports it is out of date, for that file
+    assert set(status) == set(STAGES), status
+    for stage in STAGES:
+        changed = [entry["changed deps"] for entry in status[stage] if "changed deps" in entry]
+        assert changed == [{"src/cdgan/stages.py": "modified"}], (stage, status[stage])
 
 
 def test_metrics_have_fid_and_the_mlflow_run_id(dvc_repo: Path, dvc_paths: Paths) -> None:
