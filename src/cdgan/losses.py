@@ -106,13 +106,14 @@ class Loss(NamedTuple):
     generator: Callable[[Tensor], Tensor]  # e_gen -> loss of G
     is_unbounded: bool  # energies can drift without limit: add the magnitude penalty (train.energy_reg)
     has_gradient_penalty: bool
+    refines_negatives: bool  # the negatives are G(z) (or replayed samples) after train.cd_k Langevin steps on E
 
 
 # WGAN's critic loss is the k = 0 energy gap; what makes it WGAN-GP is the gradient penalty
 LOSSES: dict[str, Loss] = {
-    "cd": Loss(cd_loss, critic_generator_loss, True, False),
-    "bce": Loss(bce_loss, bce_generator_loss, False, False),
-    "lsgan": Loss(lsgan_loss, lsgan_generator_loss, False, False),
-    "hinge": Loss(hinge_loss, critic_generator_loss, False, False),
-    "wgan-gp": Loss(cd_loss, critic_generator_loss, False, True),
+    "cd": Loss(cd_loss, critic_generator_loss, True, False, True),
+    "bce": Loss(bce_loss, bce_generator_loss, False, False, False),
+    "lsgan": Loss(lsgan_loss, lsgan_generator_loss, False, False, False),
+    "hinge": Loss(hinge_loss, critic_generator_loss, False, False, False),
+    "wgan-gp": Loss(cd_loss, critic_generator_loss, False, True, False),
 }

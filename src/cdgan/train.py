@@ -186,7 +186,7 @@ def energy_step(params: TrainParams, s: TrainState, real: RealData) -> dict[str,
     with _autocast(params, s):
         with torch.no_grad():
             x_fake = s.generator(_latents(params, s)).float()  # fp32 chains: bf16 would swallow small steps
-        if params.loss == "cd":  # CD_k: the negative samples are G(z) (or replayed samples) after k Langevin steps
+        if loss.refines_negatives:  # CD_k: the negatives are G(z) (or replayed samples) after k Langevin steps
             x_fake = _refine(params, s, _chain_starts(params, s, x_fake))
             _push_replay(params, s, x_fake)
         e_real, e_fake = s.energy(x_real), s.energy(x_fake)
