@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run test test-slow lint format bench serve clean
+.PHONY: setup run test test-fast test-slow lint format bench serve clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +17,14 @@ run: setup  ## the whole pipeline on the embedded digits data: prepare -> train 
 	dvc repro
 	dvc metrics show
 
-test: setup  ## lint, then the pytest suite (CPU, about 13 min on 2 cores)
+test: setup  ## what CI runs: ruff, then every test, slow ones too (2 CPU cores: ~13 min, + ~4 for the slow ones)
 	ruff check .
 	pytest
 
-test-slow: setup  ## the slow quality tests (minutes of training): grid25 mode coverage
+test-fast: setup  ## the edit loop: unit and in-process tests, no subprocess, server, DVC or Prefect (under 3 min)
+	pytest -m "not slow and not integration" --durations=10
+
+test-slow: setup  ## only the slow quality tests (minutes of training): grid25 mode coverage, torch.compile
 	pytest -m slow
 
 lint: setup

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny params, a real MLflow store, a real DVC project, one tiny pipeline run."""
+"""Shared fixtures and helpers: tiny params, a real MLflow store, a real DVC project, one tiny pipeline run,
+server processes; and the test tiers, assigned from what each test uses."""
 
 from __future__ import annotations
 
@@ -7,17 +8,23 @@ import os
 # Tiny networks gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning
 # threads slow them down by up to 100x; subprocesses (dvc, cdgan) inherit this too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+import dis
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from types import CodeType
 from typing import Any
 
 import numpy as np
 import pytest
+import requests
 import torch
 import yaml
 
@@ -25,6 +32,10 @@ from cdgan.params import Params, Paths, load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: cdgan and dvc for subprocesses
+STARTUP_SECONDS = (
+    180  # a cold server imports mlflow or torch, or migrates its database: minutes on a busy 2-core machine
+)
+STOP_SECONDS = 15  # after SIGTERM, before the process group gets SIGKILL
 
 # Tiny but real: a few steps of every stage on the embedded digits, on the CPU.
 TINY = {
@@ -94,6 +105,107 @@ def make_project(root: Path, raw_params: dict) -> Path:
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "project"], root)
     return root
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(cmd: list[str], health: str, log: Path, env: dict[str, str]) -> subprocess.Popen:
+    """`cmd` (with exactly the environment `env`) in its own process group, once `health` answers 200; its
+    output is appended to `log`, so a server a test restarts keeps one log. Stopped again if it never answers."""
+    with log.open("a") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while True:
+        if proc.poll() is not None:
+            stop_group(proc)
+            raise RuntimeError(f"{cmd[0]} exited ({proc.returncode}) before serving:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(health, timeout=2).ok:
+                return proc
+        except requests.RequestException:
+            pass  # not listening yet
+        if time.monotonic() > deadline:
+            stop_group(proc)
+            raise RuntimeError(f"{health} not healthy after {STARTUP_SECONDS}s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.25)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group, SIGKILL to whatever of it is left after STOP_SECONDS."""
+    with suppress(ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(STOP_SECONDS)
+    with suppress(ProcessLookupError):  # children (uvicorn, gunicorn workers) can outlive their leader
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@contextmanager
+def serving(cmd: list[str], health: str, log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """`start_server` for the block; the whole process group is stopped however the block ends."""
+    proc = start_server(cmd, health, log, env)
+    try:
+        yield proc
+    finally:
+        stop_group(proc)
+
+
+# Test tiers. `make test-fast` runs what stays in this process; a test is marked `integration` when it runs
+# under tests/pipelines/, uses a fixture that starts processes, or reaches the subprocess module through its
+# own code or that of the fixtures and helpers (functions and classes of tests/) it uses. `slow` (minutes of
+# training) is marked by hand. Both follow the code, so a new test needs no mark to land in the right tier.
+PROCESS_FIXTURES = {"dvc_repo", "spawn", "prefect_harness", "prefect_server", "mlflow_server"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    pipelines = REPO / "tests" / "pipelines"
+    for item in items:
+        fixtures = [defs[-1].func for defs in item._fixtureinfo.name2fixturedefs.values()]
+        if (
+            item.path.is_relative_to(pipelines)
+            or PROCESS_FIXTURES & set(item.fixturenames)
+            or any(_names_process(fn) for fn in [getattr(item, "function", None), *fixtures])
+        ):
+            item.add_marker(pytest.mark.integration)
+
+
+_walked: dict[CodeType, bool] = {}
+
+
+def _starts_processes(fn: object) -> bool:
+    """Whether `fn`, or a function or class of tests/ that it names, names the subprocess module or one of
+    its members. Names are read from the bytecode (globals loaded), nested functions and lambdas included."""
+    fn = getattr(fn, "__wrapped__", fn)
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return False
+    if code not in _walked:
+        _walked[code] = False  # a cycle (recursion) adds nothing
+        _walked[code] = any(_names_process(fn.__globals__.get(name)) for name in _global_names(code))
+    return _walked[code]
+
+
+def _global_names(code: CodeType) -> Iterator[str]:
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+            yield instruction.argval
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            yield from _global_names(const)
+
+
+def _names_process(obj: object) -> bool:
+    if obj is subprocess or getattr(obj, "__module__", None) == "subprocess":
+        return True
+    if not (getattr(obj, "__module__", None) or "").startswith("tests."):
+        return False  # library code (cdgan, dvc, mlflow) is not walked: in-process unless a fixture says otherwise
+    if isinstance(obj, type):
+        return any(_starts_processes(member) for member in vars(obj).values())
+    return _starts_processes(obj)
 
 
 @pytest.fixture(autouse=True)

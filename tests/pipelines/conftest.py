@@ -4,24 +4,17 @@ on free loopback ports for the tests that drive deployments through a worker."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 from prefect.settings import PREFECT_HOME, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
-from tests.conftest import BIN
+from tests.conftest import BIN, free_port, serving, stop_group
 
-STARTUP_SECONDS = 180  # a cold `prefect server start` migrates its database; slow on a busy 2-core machine
-STOP_SECONDS = 15  # after SIGTERM, before the process group gets SIGKILL
+__all__ = ["Server", "client_env", "free_port", "serving", "stop_group"]  # what tests/pipelines/ import from here
 
 
 @dataclass(frozen=True)
@@ -44,51 +37,12 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             yield
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def client_env(*servers: Server, **extra: str) -> dict[str, str]:
     """This process's environment, the venv's bin first on PATH, pointed at `servers`."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
     for server in servers:
         env |= server.env
     return env | extra
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process group, SIGKILL to whatever of it is left after STOP_SECONDS."""
-    with suppress(ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(STOP_SECONDS)
-    with suppress(ProcessLookupError):  # children (uvicorn, gunicorn workers) can outlive their leader
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-@contextmanager
-def serving(cmd: list[str], health: str, log: Path, env: dict[str, str]) -> Iterator[None]:
-    """Run `cmd` in its own process group until `health` answers 200; always stop the whole group."""
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{cmd[0]} exited ({proc.returncode}) before serving:\n{log.read_text()[-3000:]}")
-            try:
-                if requests.get(health, timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{health} not healthy after {STARTUP_SECONDS}s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield
-    finally:
-        stop_group(proc)
 
 
 @pytest.fixture(scope="session")
