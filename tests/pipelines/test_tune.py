@@ -1,0 +1,197 @@
+"""The cdgan-tune flow against a real temporary Prefect server, real DVC, a real MLflow store and real Optuna
+storage in SQLite."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from uuid import uuid4
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from cdgan.errors import CdganError
+from cdgan.params import parse_params
+from pipelines import tune
+from tests.conftest import make_project, tiny_raw
+
+LR = {"type": "float", "low": 1.0e-4, "high": 1.0e-3, "log": True}
+
+
+def tune_project(root: Path, space: dict, **sections: dict) -> Path:
+    """A tiny project (tests.conftest.TINY params, digits) with the search space in space.yaml."""
+    project = make_project(root, tiny_raw(**sections))
+    (project / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
+    return project
+
+
+def child_runs(parent_id: str) -> list:
+    client = MlflowClient()
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+def tune_parents(name: str) -> list:
+    runs = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("cdgan-digits").experiment_id],
+        f"tags.`cdgan.tune_study` = '{name}'",
+        order_by=["attributes.start_time ASC"],
+    )
+    return list(runs)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_study_writes_the_best_preset_and_a_resumed_study_adds_trials(tmp_path: Path, mlflow_uri: str) -> None:
+    # given a tiny digits project and a one-parameter space
+    project = tune_project(tmp_path / "project", {"train.lr": LR})
+    name = f"tiny-{uuid4().hex[:8]}"
+
+    # when a study of 2 trials runs
+    result = tune.cdgan_tune(space="space.yaml", trials=2, name=name, project_dir=str(project))
+
+    # then both trials completed, each scored by the FID its own pipeline run wrote
+    study = optuna.load_study(study_name=name, storage=tune.default_storage(project))
+    first = study.get_trials()
+    assert [t.state for t in first] == [TrialState.COMPLETE] * 2, first
+    for trial in first:
+        evaluation = json.loads((project / "sweeps" / name / f"trial-{trial.number:03d}/metrics/eval.json").read_text())
+        assert trial.value == evaluation["fid"], "the objective is the trial's metrics/eval.json fid"
+    best = min(first, key=lambda t: t.value)
+    assert result["best_trial"] == best.number and result["best_value"] == best.value
+
+    # and the preset is the full params with the best value, inside the space
+    preset = yaml.safe_load((project / "presets" / f"tuned-{name}.yaml").read_text())
+    params = parse_params(preset, "preset")
+    assert params.train.lr == best.params["train.lr"] and LR["low"] <= params.train.lr <= LR["high"]
+    assert preset == tiny_raw(train={"lr": best.params["train.lr"]}), "everything but the tuned key as given"
+
+    # and MLflow holds one parent run with one child run per trial, and the study's plots in both places
+    [parent] = tune_parents(name)
+    assert parent.info.status == "FINISHED"
+    children = child_runs(parent.info.run_id)
+    assert sorted(r.data.tags[tune.TRIAL_TAG] for r in children) == ["0", "1"]
+    assert {r.data.params["train.lr"] for r in children} == {str(t.params["train.lr"]) for t in first}
+    logged = {a.path for a in MlflowClient().list_artifacts(parent.info.run_id, "tune")}
+    assert {"tune/history.png", "tune/importances.png", f"tune/tuned-{name}.yaml"} <= logged, logged
+    assert (project / "reports" / f"tune-{name}" / "history.png").stat().st_size > 0
+
+    # given a flow of this study killed while trial 2 ran: RUNNING in the storage, owned by a process now gone
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    interrupted = study.ask({"train.lr": optuna.distributions.FloatDistribution(1.0e-4, 1.0e-3, log=True)})
+    interrupted.set_user_attr(tune.OWNER_ATTR, f"{socket.gethostname()}:{gone.pid}")
+
+    # when the study runs again to 3 trials
+    tune.cdgan_tune(space="space.yaml", trials=3, name=name, project_dir=str(project))
+
+    # then it kept the first two, failed the interrupted one and ran it again with its params: 3 finished
+    trials = optuna.load_study(study_name=name, storage=tune.default_storage(project)).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL, TrialState.COMPLETE]
+    assert [(t.datetime_start, t.value) for t in trials[:2]] == [(t.datetime_start, t.value) for t in first]
+    assert trials[3].params == trials[2].params and trials[3].user_attrs[tune.REQUEUED_ATTR] == 2
+    assert len(tune_parents(name)) == 2 and len(child_runs(tune_parents(name)[1].info.run_id)) == 1
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize(
+    ("space", "problems"),
+    [
+        ({"train.lrr": LR}, [r"train\.lrr.*Extra inputs are not permitted"]),
+        ({"train.lr": LR | {"low": 0.1, "high": 0.01}}, [r"train\.lr: low > high \(0\.1 > 0\.01\)"]),
+        ({"train.lr": {"type": "uniform", "low": 0.1, "high": 0.2}}, [r"train\.lr: unknown type 'uniform'"]),
+        ({"train.cd_k": {"type": "int", "low": -1, "high": 3}}, [r"train\.cd_k.*greater than or equal to 0"]),
+        (
+            {"train.lr": LR | {"low": "5e-5"}, "model.spectral_norm": {"type": "categorical", "choices": []}},
+            [r"train\.lr: low must be a number \(got '5e-5'\)", r"model\.spectral_norm: categorical needs"],
+        ),
+    ],
+    ids=["unknown-key", "low-above-high", "unknown-type", "out-of-bounds", "two-problems"],
+)
+def test_bad_space_fails_with_one_error_before_any_trial(tmp_path: Path, space: dict, problems: list[str]) -> None:
+    # given a project whose search space has problems
+    project = tune_project(tmp_path / "project", space)
+
+    # when the flow runs, then one CdganError names every problem
+    with pytest.raises(CdganError) as caught:
+        tune.cdgan_tune(space="space.yaml", trials=2, name="bad", project_dir=str(project))
+    message = str(caught.value)
+    assert message.startswith(str(project / "space.yaml")), message
+    for problem in problems:
+        assert re.search(problem, message), f"{problem!r} not in: {message}"
+
+    # and nothing was written: no study, no workspace, no preset
+    assert not (project / "sweeps").exists()
+    assert not (project / "presets").exists()
+
+
+def forced_study(tmp_path: Path, upper: float) -> optuna.Study:
+    """A study whose pruner prunes any reported FID above `upper` (a real Optuna pruner, forced by its threshold)."""
+    return optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}", pruner=optuna.pruners.ThresholdPruner(upper=upper)
+    )
+
+
+@pytest.mark.filterwarnings("ignore:The reported value is ignored")  # the second watch re-reads step 10
+def test_prune_decision_is_taken_from_the_logged_history(
+    tmp_path: Path, mlflow_uri: str, spawn: Callable[..., subprocess.Popen]
+) -> None:
+    # given a trial's MLflow run under a parent, with train/fid logged at step 10 below the threshold
+    client = MlflowClient()
+    experiment_id = client.create_experiment(f"tune-prune-{uuid4().hex[:8]}")
+    parent = client.create_run(experiment_id).info.run_id
+    study = forced_study(tmp_path, upper=50.0)
+    trial = study.ask()
+    run = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent, tune.TRIAL_TAG: str(trial.number)})
+    client.log_metric(run.info.run_id, "train/fid", 40.0, step=10)
+    history = tune.score_history(client, experiment_id, parent, trial.number, "train/fid")
+    training = spawn([sys.executable, "-c", "import time; time.sleep(600)"])
+
+    # when the watch sees only that value, it keeps the process; when a step above it is logged, it stops it
+    logged_later = spawn(
+        [sys.executable, "-c", "import sys, time; time.sleep(2 * float(sys.argv[1]))", str(tune.POLL_SECONDS)]
+    )
+    is_pruned = tune.watch(logged_later, trial, history)
+    assert not is_pruned and trial.study.trials[0].intermediate_values == {10: 40.0}
+    client.log_metric(run.info.run_id, "train/fid", 90.0, step=20)
+    is_pruned = tune.watch(training, trial, history)
+
+    # then the trial was pruned on the logged step-20 value, the process is gone, and the trial records PRUNED
+    assert is_pruned
+    assert training.poll() is not None, "the pruned trial's process is stopped"
+    assert study.trials[0].intermediate_values == {10: 40.0, 20: 90.0}
+    study.tell(trial, state=TrialState.PRUNED)
+    assert study.trials[0].state == TrialState.PRUNED and study.trials[0].value == 90.0
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_pruned_trial_stops_its_pipeline_and_is_recorded_pruned(tmp_path: Path, mlflow_uri: str) -> None:
+    # given a trial whose training would take long, under a pruner forced to prune any FID
+    project = make_project(tmp_path / "project", tiny_raw(train={"steps": 5000, "eval_every": 10}))
+    study = forced_study(tmp_path, upper=0.0)
+    trial = study.ask()
+    client = MlflowClient()
+    experiment_id = client.create_experiment(f"tune-pipeline-{uuid4().hex[:8]}")
+    parent = client.create_run(experiment_id).info.run_id
+    env = {"MLFLOW_TRACKING_URI": mlflow_uri, "CDGAN_PARENT_RUN_ID": parent, "OMP_NUM_THREADS": "1"}
+
+    # when the trial task runs its pipeline
+    workspace = tmp_path / "trial"
+    finished = tune.tune_trial(project, workspace, tiny_raw(train={"steps": 5000, "eval_every": 10}), env, trial,
+                               "train/fid", True)  # fmt: skip
+
+    # then it was pruned on the FID its training logged, the pipeline stopped before evaluate, and Optuna says PRUNED
+    assert finished.state == TrialState.PRUNED and study.trials[0].state == TrialState.PRUNED
+    [child] = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    logged = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "train/fid")}
+    assert finished.intermediate_values and finished.intermediate_values.items() <= logged.items()
+    assert child.info.status != "RUNNING", "the stopped stage ended its MLflow run"
+    assert not (workspace / "metrics" / "eval.json").exists()
+    assert not (workspace / "models" / "generator.pt").exists(), "training was stopped before its end"
