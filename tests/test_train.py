@@ -1,7 +1,9 @@
-"""Tests for cdgan.train: a short fit per loss, determinism, logging, divergence, checkpoints, EMA, GPU-path params."""
+"""Tests for cdgan.train: the energy-net step by hand, a short fit per loss, determinism, logging, divergence,
+checkpoints and resume, EMA, GPU-path params."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,12 +48,69 @@ def _no_log(step: int, values: dict[str, float]) -> None:
     pass
 
 
+def _chain(params: TrainParams, energy: torch.nn.Module, x: Tensor, rng: torch.Generator) -> Tensor:
+    """x_k written out: cd_k steps x <- x - step_size * dE/dx + noise * eps, eps from `rng`, images kept in [-1, 1]."""
+    x = x.detach()
+    for _ in range(params.cd_k):
+        x.requires_grad_(True)
+        (grad,) = torch.autograd.grad(energy(x).sum(), x)
+        x = x.detach() - params.langevin_step_size * grad + params.langevin_noise * torch.randn(x.shape, generator=rng)
+        if x.dim() == 4:
+            x = x.clamp(-1, 1)
+    return x
+
+
 @pytest.fixture
 def deterministic() -> Iterator[None]:
     was = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     yield
     torch.use_deterministic_algorithms(was)
+
+
+@pytest.mark.parametrize("data", ["points", "images"])
+@pytest.mark.parametrize("cd_k", [0, 2])
+def test_energy_step_is_the_cd_loss_on_detached_chain_samples_plus_the_energy_penalty(cd_k: int, data: str) -> None:
+    # given a state, and a copy of it to compute the step by hand
+    params = _train(cd_k=cd_k, energy_reg=0.5, langevin_step_size=0.1, langevin_noise=0.05)
+    x = _points() if data == "points" else _images()
+    state = _state(params, x)
+    by_hand = copy.deepcopy(state)
+    # when
+    values = energy_step(params, state, x)
+    # then: a batch of real rows, x_k = cd_k Langevin steps from G(z), both from the loop's random stream...
+    rng = by_hand.rng
+    x_real = x[torch.randint(len(x), (params.batch_size,), generator=rng)]
+    with torch.no_grad():
+        x_gen = by_hand.generator(by_hand.generator.sample_z(params.batch_size, rng))
+    x_k = _chain(params, by_hand.energy, x_gen, rng)
+    # ... and the loss: CD_k (E_real - E(x_k)) plus energy_reg times the energy magnitudes
+    e_real, e_fake = by_hand.energy(x_real), by_hand.energy(x_k)
+    gap = e_real.mean() - e_fake.mean()
+    expected = gap + 0.5 * (e_real.square().mean() + e_fake.square().mean())
+    torch.testing.assert_close(values["loss_e"], expected.detach())
+    assert not torch.isclose(values["loss_e"], gap.detach()), "the energy penalty is too small to be seen"
+    torch.testing.assert_close(values["e_fake"], e_fake.mean().detach())
+    # and its gradient treats x_k as data: it reaches E's parameters only through E(x_k), never G
+    names = [name for name, _ in by_hand.energy.named_parameters()]
+    grads = torch.autograd.grad(expected, list(by_hand.energy.parameters()))
+    for name, grad in zip(names, grads, strict=True):
+        torch.testing.assert_close(state.energy.get_parameter(name).grad, grad, msg=f"dE/d{name}")
+    assert all(p.grad is None for p in state.generator.parameters()), "the energy-net step reached G"
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_only_losses_that_refine_their_negatives_depend_on_cd_k(loss: str) -> None:
+    # given two copies of one state
+    x = _points()
+    state = _state(_train(loss=loss), x)
+    # when each takes an energy-net step, with and without a Langevin chain
+    with_chain = energy_step(_train(loss=loss, cd_k=3), copy.deepcopy(state), x)
+    without = energy_step(_train(loss=loss, cd_k=0), copy.deepcopy(state), x)
+    # then only CD's loss changes: its negatives are x_k; the other losses' are G(z) whatever cd_k is
+    changed = not torch.equal(with_chain["e_fake"], without["e_fake"])
+    assert LOSSES[loss].refines_negatives == (loss == "cd"), "only CD refines its negatives by Langevin"
+    assert changed == LOSSES[loss].refines_negatives, f"{loss}: cd_k changed E(x_fake): {changed}"
 
 
 @pytest.mark.parametrize("data", ["points", "images"])
@@ -149,19 +208,17 @@ def test_huge_learning_rate_stops_with_error() -> None:
 
 
 def test_diverged_run_never_leaves_a_non_finite_checkpoint(tmp_path: Path) -> None:
-    # given NaN data, a checkpoint every step and the finiteness check only every 4 steps
+    # given NaN data, a checkpoint due every step, and logging only every 4 steps
     x = _points()
     x[:, 0] = float("nan")
     params = _train(steps=10, log_every=4, checkpoint_every=1)
     path = tmp_path / "checkpoint.pt"
     # when
-    with pytest.raises(CdganError, match="diverged"):
+    with pytest.raises(CdganError, match="diverged at step 1:"):
         fit(_state(params, x), x, params, _no_log, checkpoint_path=path)
-    # then whatever checkpoint is on disk can be resumed from: no NaN weights
-    if path.exists():
-        saved = load_torch(path, "checkpoint")
-        bad = [k for k, v in saved["energy"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
-        assert not bad, f"checkpoint of step {saved['step']} holds non-finite energy weights {bad}"
+    # then the finiteness check ran before the first save, not at the first log: nothing was written
+    assert not path.exists(), "a checkpoint of a diverged state was saved"
+    assert list(tmp_path.iterdir()) == [], "no temporary checkpoint file is left behind either"
 
 
 def test_checkpoint_holds_everything_to_resume(tmp_path: Path) -> None:
@@ -196,6 +253,26 @@ def test_resume_from_checkpoint_is_bitwise(tmp_path: Path, deterministic: None) 
     # then it matches the uninterrupted run bit for bit
     for net in ("generator", "energy", "sampling_generator"):
         a, b = getattr(straight, net).state_dict(), getattr(resumed, net).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{net} differs after resume"
+
+
+def test_resume_of_a_conv_model_with_batchnorm_is_bitwise(tmp_path: Path, deterministic: None) -> None:
+    # given image data: a conv generator with BatchNorm (running statistics, EMA of the buffers too) and CD chains
+    full = _train(steps=4, cd_k=2)
+    half = full.model_copy(update={"steps": 2})
+    x = _images()
+    straight = fit(_state(full, x), x, full, _no_log)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in straight.generator.modules()), "no BatchNorm to test"
+    fit(_state(half, x), x, half, _no_log, checkpoint_path=tmp_path / "checkpoint.pt")
+    # when a fresh state is restored at step 2 and trained on to step 4
+    resumed = _state(full, x)
+    restore_state(resumed, load_torch(tmp_path / "checkpoint.pt"))
+    fit(resumed, x, full, _no_log)
+    # then weights and buffers (BatchNorm's running mean, variance and batch count) match bit for bit
+    for net in ("generator", "energy", "sampling_generator"):
+        a, b = getattr(straight, net).state_dict(), getattr(resumed, net).state_dict()
+        assert a.keys() == b.keys()
+        assert any("running_mean" in k for k in a) or net == "energy"
         assert all(torch.equal(a[k], b[k]) for k in a), f"{net} differs after resume"
 
 
@@ -277,12 +354,22 @@ def test_replay_buffer_holds_recent_chain_samples() -> None:
 
 
 def test_cooperative_generator_regresses_onto_its_langevin_revision() -> None:
-    # given a cooperative run: the generator loss is |G(z) - x_k|^2, which is >= 0
-    params = _train(steps=4, generator_objective="cooperative", langevin_step_size=0.1)
+    # given a cooperative run of one step, and a copy of its state after the energy-net step of that step
+    params = _train(steps=1, generator_objective="cooperative", langevin_step_size=0.1, langevin_noise=0.05)
     x = _points()
+    state = _state(params, x)
+    by_hand = copy.deepcopy(state)
+    energy_step(params, by_hand, x)
     logged: list[dict[str, float]] = []
-    fit(_state(params, x), x, params, lambda step, values: logged.append(values))
-    assert all(values["loss_g"] > 0 for values in logged)
+    # when
+    fit(state, x, params, lambda step, values: logged.append(values))
+    # then loss_g is |G(z) - x_k|^2 summed over a row, averaged over the batch, for x_k the chain from G(z) on E
+    z = by_hand.generator.sample_z(params.batch_size, by_hand.rng)
+    with torch.no_grad():
+        x_gen = by_hand.generator(z)
+    x_k = _chain(params, by_hand.energy, x_gen, by_hand.rng)
+    expected = (x_gen - x_k).square().sum(1).mean()
+    assert logged[0]["loss_g"] == pytest.approx(expected.item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("bad", [{"loss": "bce"}, {"cd_k": 0}])
