@@ -11,10 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from mlflow.tracking import MlflowClient
 
+from cdgan import stages
 from cdgan.errors import CdganError
+from cdgan.files import load_torch, save_torch
 from cdgan.params import Paths, parse_params
 from cdgan.stages import prepare, resolve_device, streams, train
+from cdgan.train import checkpoint_dict, init_state
 from tests.conftest import BIN, run, tiny_raw
 
 KILLABLE = {
@@ -46,10 +50,18 @@ def test_killed_training_resumes_to_bitwise_identical_weights(tmp_path: Path, ml
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed: raise steps"
     assert not Path(resumed / "models/generator.pt").exists()
+    (checkpoint,) = resume_dir.glob("*.pt")
+    killed_run_id = load_torch(checkpoint)["meta"]["mlflow_run_id"]
     second = run(["cdgan", "train"], resumed)
 
     # then it resumed, continued the same MLflow run, and ended with the same weights, bit for bit
     assert "resumed at" in second.stdout + second.stderr
+    run_id = json.loads((resumed / "metrics/train.json").read_text())["mlflow_run_id"]
+    assert run_id == killed_run_id, "the rerun opened a new MLflow run instead of continuing the killed one"
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    logged_steps = {m.step for m in client.get_metric_history(run_id, "loss_e")}
+    assert logged_steps == set(range(100, 601, 100)), "the continued run holds the loss of every logged step"
     for name in ("generator.pt", "energy.pt"):
         a = torch.load(straight / "models" / name, weights_only=True)
         b = torch.load(resumed / "models" / name, weights_only=True)
@@ -73,13 +85,35 @@ def test_divergence_stops_with_the_step_and_the_likely_cause(
         )
     )
     prepare(params, Paths())
+    before = _run_ids(mlflow_uri)
     with pytest.raises(CdganError, match=r"diverged at step \d+.*train.lr"):
         train(params, Paths())
     assert not Path("models/generator.pt").exists()
-    import mlflow
+    # the run this test opened (other tests' runs share the store and the cdgan-grid25 experiment) ended FAILED
+    (run_id,) = _run_ids(mlflow_uri) - before
+    failed = MlflowClient(mlflow_uri).get_run(run_id)
+    assert failed.info.status == "FAILED", "the MLflow run of a diverged training is marked FAILED"
+    assert failed.data.params["train.lr"] == "1000000.0", "the run is this test's"
 
-    runs = mlflow.search_runs(experiment_names=["cdgan-grid25"], filter_string="attributes.status = 'FAILED'")
-    assert len(runs) >= 1, "the MLflow run is marked FAILED"
+
+def _run_ids(uri: str) -> set[str]:
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return {r.info.run_id for r in client.search_runs(experiments, max_results=50_000)} if experiments else set()
+
+
+def test_a_checkpoint_written_with_other_params_is_refused_not_resumed(tmp_path: Path) -> None:
+    # given a resume checkpoint written by a run of the tiny params
+    params = parse_params(tiny_raw())
+    state = init_state(params.model, params.train, (1, 8, 8), torch.device("cpu"))
+    meta = {"model": params.model.model_dump(), "train": params.train.model_dump(), "mlflow_run_id": "r1"}
+    path = save_torch(tmp_path / "resume.pt", checkpoint_dict(state, meta))
+    assert stages._load_resumable(path, params)["meta"]["mlflow_run_id"] == "r1", "the same params resume"
+    assert stages._load_resumable(tmp_path / "absent.pt", params) is None, "no checkpoint: a fresh start"
+    # when the train or model params changed, then it is refused with the fix, never restored
+    for changed in (tiny_raw(train={"lr": 1e-3}), tiny_raw(model={"hidden": 16})):
+        with pytest.raises(CdganError, match=r"resume\.pt: checkpoint was written with other model/train params"):
+            stages._load_resumable(path, parse_params(changed))
 
 
 def test_device_auto_is_cuda_when_present_and_cuda_without_gpu_is_refused() -> None:
