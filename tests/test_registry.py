@@ -135,6 +135,31 @@ def test_lower_is_better_metrics_and_margin(sampler_uri: str) -> None:
     assert (small_gain.alias, big_gain.alias) == ("challenger", "champion")
 
 
+@pytest.mark.parametrize("lower_is_better", [False, True])
+def test_a_tie_with_the_champion_is_a_challenger_even_with_no_margin(sampler_uri: str, lower_is_better: bool) -> None:
+    # given a champion with fid (lower is better) or modes 10
+    name = f"tie-{uuid.uuid4().hex[:8]}"
+    metric = "fid" if lower_is_better else "modes"
+    first = registry.register_version(sampler_uri, name, metric, 10.0, lower_is_better, COMPARABLE, 0.0)
+    # when a version with the same value is registered, min_improvement 0
+    tie = registry.register_version(sampler_uri, name, metric, 10.0, lower_is_better, COMPARABLE, 0.0)
+    # then it must beat the champion, not equal it: the alias stays
+    assert tie.alias == "challenger" and "does not beat" in tie.reason, tie
+    assert _champion(name) == first.version
+
+
+def test_a_champion_without_the_metric_is_not_compared_and_keeps_the_alias(sampler_uri: str) -> None:
+    # given a champion registered on `modes`
+    name = f"nometric-{uuid.uuid4().hex[:8]}"
+    first = _register(sampler_uri, name, 20)
+    # when a version is registered on `fid`, which the champion was never scored on
+    other = registry.register_version(sampler_uri, name, "fid", 1.0, True, COMPARABLE, 0.0)
+    # then it is a challenger that names the missing metric, and the champion stays
+    assert other.alias == "challenger", other
+    assert other.reason == f"not comparable with champion v{first.version}: fid missing"
+    assert _champion(name) == first.version
+
+
 def test_mismatched_dataset_is_refused_and_force_overrides(sampler_uri: str) -> None:
     name = f"mismatch-{uuid.uuid4().hex[:8]}"
     _register(sampler_uri, name, 10)
