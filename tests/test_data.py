@@ -11,7 +11,15 @@ import torch
 import torchvision
 from PIL import Image
 
-from cdgan.data import Dataset, StreamedBatches, build_dataset, load_dataset, mode_centres, save_dataset
+from cdgan.data import (
+    Dataset,
+    StreamedBatches,
+    build_dataset,
+    build_splits,
+    load_dataset,
+    mode_centres,
+    save_dataset,
+)
 from cdgan.errors import CdganError
 from cdgan.params import DataParams
 
@@ -19,6 +27,50 @@ from cdgan.params import DataParams
 @pytest.fixture(scope="module")
 def digits() -> Dataset:
     return build_dataset(DataParams(dataset="digits"))
+
+
+# --- training and held-out splits ---------------------------------------------------------------------------------
+
+
+def _rows(x: np.ndarray) -> set[bytes]:
+    return {row.tobytes() for row in x}
+
+
+def test_digits_split_is_disjoint_complete_stratified_and_stable(digits: Dataset) -> None:
+    # when
+    splits = build_splits(DataParams(dataset="digits"))
+    again, other = build_splits(DataParams(dataset="digits")), build_splits(DataParams(dataset="digits", seed=1))
+    # then the two parts partition the data set, about 20 % held out, every class in both
+    assert len(splits.train.x) + len(splits.heldout.x) == len(digits.x)
+    assert len(splits.heldout.x) == pytest.approx(0.2 * len(digits.x), abs=1)
+    assert not _rows(splits.train.x) & _rows(splits.heldout.x), "an image is in both splits"
+    assert _rows(splits.train.x) | _rows(splits.heldout.x) == _rows(digits.x)
+    assert set(np.unique(splits.heldout.y)) == set(range(10))
+    # the same data.seed gives the same split; another seed another one
+    assert np.array_equal(again.heldout.x, splits.heldout.x) and np.array_equal(again.train.y, splits.train.y)
+    assert not np.array_equal(other.heldout.x, splits.heldout.x)
+
+
+def test_heldout_frac_sets_the_share_held_out() -> None:
+    splits = build_splits(DataParams(dataset="grid25", n_points=1000, heldout_frac=0.3))
+    assert (len(splits.train.x), len(splits.heldout.x)) == (700, 300)
+
+
+def test_stacked_digits_splits_share_no_digit_image(digits: Dataset) -> None:
+    # when
+    splits = build_splits(DataParams(dataset="stacked-digits"))
+
+    # then no digit image of a held-out stack appears in any training stack (nor in the digit classifier's
+    # training split, which is the plain digits' training split)
+    def digit_images(x: np.ndarray) -> set[bytes]:
+        return {x[i, c].tobytes() for i in range(len(x)) for c in range(3)}
+
+    digit_split = build_splits(DataParams(dataset="digits"))
+    heldout_digits = digit_images(splits.heldout.x)
+    assert not heldout_digits & digit_images(splits.train.x)
+    assert not heldout_digits & _rows(digit_split.train.x[:, 0])
+    assert splits.train.shape == splits.heldout.shape == (3, 8, 8)
+    assert len(splits.heldout.x) == pytest.approx(0.2 * (len(splits.train.x) + len(splits.heldout.x)), abs=1)
 
 
 # --- 2-D mixtures --------------------------------------------------------------------------------------------------

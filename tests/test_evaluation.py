@@ -14,19 +14,27 @@ from mlflow.tracking import MlflowClient
 
 from cdgan.classifier import Classifier
 from cdgan.cli import main
-from cdgan.data import Dataset, build_dataset
+from cdgan.data import Dataset, build_dataset, load_dataset
 from cdgan.errors import CdganError
-from cdgan.evaluation import BATCH, build_suite, load_reference, sample_batches, save_reference, score_model
+from cdgan.evaluation import (
+    BATCH,
+    build_suite,
+    load_reference,
+    reference_points,
+    sample_batches,
+    save_reference,
+    score_model,
+)
 from cdgan.metrics import frechet_distance
 from cdgan.models import EnergyNet, Generator, build_models
-from cdgan.params import DataParams, EvaluateParams, ModelParams, Paths, parse_params
+from cdgan.params import DataParams, EvaluateParams, ModelParams, Params, Paths, SampleParams, parse_params
 from cdgan.stages import evaluate, prepare, register, train
 from tests.conftest import tiny_raw
 
 CPU = torch.device("cpu")
 ALL_METRICS = ("fid", "kid", "precision_recall", "density_coverage", "inception_score")
-RAW = {"langevin_steps": 0, "step_size": 0.01, "noise": 0.0}
-REFINED = {"langevin_steps": 2, "step_size": 0.01, "noise": 0.0}
+RAW = SampleParams(langevin_steps=0)
+REFINED = SampleParams(langevin_steps=2, step_size=0.01)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +95,7 @@ def test_streamed_fid_equals_the_fid_of_all_samples_featurized_at_once(
 
 def test_samples_depend_on_n_and_seed_only_and_raw_and_refined_share_z(models: tuple[Generator, EnergyNet]) -> None:
     # when
-    def draw(n: int, seed: int, sampling: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(n: int, seed: int, sampling: SampleParams) -> tuple[torch.Tensor, torch.Tensor]:
         raw, out = zip(*sample_batches(*models, sampling, n, seed), strict=True)
         return torch.cat(raw), torch.cat(out)
 
@@ -112,7 +120,7 @@ def test_fid_raw_is_the_fid_of_the_unrefined_samples(
     assert refined["fid"] != pytest.approx(plain["fid"], rel=1e-6)
 
 
-def test_points_report_modes_and_leave_image_metrics_out() -> None:
+def test_points_report_mixture_metrics_and_leave_image_metrics_out() -> None:
     # given a 2-D data set and a params section asking for every image metric
     grid = build_dataset(DataParams(dataset="grid25", n_points=500))
     torch.manual_seed(0)
@@ -122,8 +130,53 @@ def test_points_report_modes_and_leave_image_metrics_out() -> None:
     suite = build_suite("grid25", grid, Path("not-read.pt"), ev, CPU)
     metrics = score_model(suite, generator.eval(), energy.eval(), REFINED).metrics
     # then
-    assert set(metrics) == {"modes", "hq_frac", "modes_raw", "hq_frac_raw"}
+    mixture = {"modes", "hq_frac", "spread", "mmd"}
+    assert set(metrics) == mixture | {f"{k}_raw" for k in mixture}
     assert suite.feature_extractor == "none"
+
+
+def test_points_floors_are_those_of_a_perfect_sampler() -> None:
+    # given a grid25 suite (scored against fresh draws of the true mixture)
+    ev = EvaluateParams(n_samples=2000)
+    suite = build_suite("grid25", build_dataset(DataParams(dataset="grid25", n_points=100)), Path("-"), ev, CPU)
+    # when
+    floors = reference_points(suite, build_dataset(DataParams(dataset="grid25", n_points=100)))
+    # then: other fresh draws cover every mode, at the data's width, with a distance that is noise only
+    assert floors["modes_floor"] == 25 and floors["hq_frac_floor"] > 0.98, floors
+    assert 0.9 < floors["spread_floor"] < 1.1 and abs(floors["mmd_floor"]) < 1e-3, floors
+
+
+@pytest.fixture(scope="module")
+def prepared_digits(tmp_path_factory: pytest.TempPathFactory) -> Paths:
+    """`prepare` of the embedded digits with the shipped data params (a fully trained domain classifier)."""
+    paths = Paths(tmp_path_factory.mktemp("prepared-digits"))
+    prepare(Params(), paths)
+    return paths
+
+
+def test_digits_floor_is_below_the_gaussian_mixture_baseline(prepared_digits: Paths) -> None:
+    # given the held-out split as the reference, and the training split behind floor and baseline
+    ev = EvaluateParams(n_samples=1000, metrics=("fid",))
+    suite = build_suite("digits", load_dataset(prepared_digits.heldout), prepared_digits.classifier, ev, CPU)
+    # when
+    points = reference_points(suite, load_dataset(prepared_digits.dataset))
+    # then real training digits score better than the best-fitting Gaussian mixture, which is far from trivial
+    assert 0 < points["fid_floor"] < points["fid_gmm"], points
+    assert points["gmm_components"] in (1, 5, 10, 20, 40)
+    assert points["modes_floor"] == 10 and points["kl_floor"] < 0.05, points
+
+
+def test_prepare_reports_the_classifier_accuracy_on_the_held_out_split(prepared_digits: Paths) -> None:
+    # given the saved classifier and the held-out split
+    reference = load_reference(prepared_digits.classifier)
+    heldout = load_dataset(prepared_digits.heldout)
+    # when it is scored again on that split
+    with torch.no_grad():
+        logits = reference.classifier(torch.from_numpy(heldout.x))
+    accuracy = (logits.argmax(1) == torch.from_numpy(heldout.y)).double().mean().item()
+    # then prepare.json reports exactly that accuracy, and it is a real classifier's
+    reported = json.loads((prepared_digits.metrics / "prepare.json").read_text())["classifier_accuracy"]
+    assert reported == pytest.approx(accuracy, abs=1e-12) and accuracy > 0.85
 
 
 def test_missing_inception_weights_give_one_clear_error(digits: Dataset, reference_path: Path, tmp_path: Path) -> None:
@@ -178,6 +231,7 @@ def test_evaluate_writes_every_asked_metric_to_eval_json_and_mlflow(project: Pat
     evaluation = json.loads(project.eval_metrics.read_text())
     # then
     keys = {"fid", "fid_raw", "kid", "kid_std", "precision", "recall", "density", "coverage", "inception_score"}
+    keys |= {"fid_floor", "fid_gmm", "kl_floor", "modes_floor", "gmm_components"}  # reference points beside them
     assert keys <= set(evaluation), sorted(evaluation)
     assert evaluation["feature_extractor"] == "domain" and evaluation["n_samples"] == 200
     assert evaluation["fid_raw"] != evaluation["fid"], "2 Langevin steps move the samples"

@@ -20,6 +20,7 @@ from cdgan.metrics import (
     frechet_distance,
     kernel_inception_distance,
     knn_radii,
+    mixture_mmd,
     mode_coverage,
     precision_recall,
 )
@@ -332,7 +333,7 @@ def test_mode_coverage_all_points_on_centres() -> None:
     # given one sample exactly on each centre
     result = mode_coverage(CENTRES.copy(), CENTRES, std=0.05)
     # then all modes are covered and every sample is high quality
-    assert result == {"modes": 4.0, "hq_frac": 1.0}
+    assert result == {"modes": 4.0, "hq_frac": 1.0, "spread": 0.0}  # one sample a mode: no spread to measure
 
 
 def test_mode_coverage_points_far_away() -> None:
@@ -341,7 +342,7 @@ def test_mode_coverage_points_far_away() -> None:
     # when
     result = mode_coverage(x, CENTRES, std=0.05)
     # then
-    assert result == {"modes": 0.0, "hq_frac": 0.0}
+    assert result == {"modes": 0.0, "hq_frac": 0.0, "spread": 0.0}
 
 
 def test_mode_coverage_counts_each_mode_once_and_uses_3_std() -> None:
@@ -353,3 +354,71 @@ def test_mode_coverage_counts_each_mode_once_and_uses_3_std() -> None:
     # then only mode 0 is covered; 3 of 5 samples are within 3 std
     assert result["modes"] == 1.0
     assert result["hq_frac"] == pytest.approx(3 / 5)
+
+
+def _mixture_draws(n: int, centres: np.ndarray, std: float, seed: int, n_modes: int | None = None) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    component = rng.integers(n_modes or len(centres), size=n)
+    return centres[component] + std * rng.standard_normal((n, 2))
+
+
+GRID = np.array([(i, j) for i in range(-4, 5, 2) for j in range(-4, 5, 2)], dtype=float)
+
+
+def test_perfect_sampler_has_spread_one_and_mmd_near_zero() -> None:
+    # given fresh draws of the true grid25 mixture, scored against other fresh draws
+    std = 0.05
+    x, truth = _mixture_draws(2500, GRID, std, 1), _mixture_draws(2500, GRID, std, 2)
+    # when
+    coverage, mmd = mode_coverage(x, GRID, std), mixture_mmd(x, truth, std)
+    # then each mode is as wide as the data's (the 3-std cut trims ~1 %) and the distance is noise
+    assert coverage["modes"] == 25
+    assert 0.9 < coverage["spread"] < 1.1, coverage
+    assert abs(mmd) < 1e-3, mmd
+
+
+def test_point_mass_sampler_has_spread_zero_and_a_large_mmd() -> None:
+    # given every sample exactly on a mode centre: all modes covered, each collapsed to a point
+    std = 0.05
+    rng = np.random.default_rng(1)
+    x = GRID[rng.integers(25, size=2500)]
+    truth = _mixture_draws(2500, GRID, std, 2)
+    # when
+    coverage, mmd = mode_coverage(x, GRID, std), mixture_mmd(x, truth, std)
+    # then coverage alone would call it perfect; spread and the distance do not
+    assert coverage["modes"] == 25 and coverage["hq_frac"] == 1.0
+    assert coverage["spread"] == 0.0
+    assert mmd > 10 * abs(mixture_mmd(_mixture_draws(2500, GRID, std, 3), truth, std)), mmd
+
+
+def test_half_the_modes_gives_a_distance_clearly_above_a_perfect_sampler() -> None:
+    std = 0.05
+    truth = _mixture_draws(2500, GRID, std, 2)
+    perfect = mixture_mmd(_mixture_draws(2500, GRID, std, 1), truth, std)
+    half = mixture_mmd(_mixture_draws(2500, GRID, std, 1, n_modes=12), truth, std)
+    assert half > 0.01 > 10 * abs(perfect), (half, perfect)
+
+
+def test_spread_measures_the_width_of_each_mode() -> None:
+    # given samples twice as wide as the data around every mode
+    x = _mixture_draws(5000, GRID, 0.1, 1)
+    # when scored with the data's std 0.05 (the 3-std cut keeps only the mode's core)
+    spread = mode_coverage(x, GRID, 0.05)["spread"]
+    # then the spread is well above 1 (a 3-std cut of a 2x wider Gaussian has std ~1.4x the data's)
+    assert spread > 1.3, spread
+
+
+def test_mixture_mmd_matches_a_direct_computation() -> None:
+    # given two small sets, and the unbiased MMD^2 written out with explicit loops
+    rng = np.random.default_rng(0)
+    x, y, std = rng.normal(size=(7, 2)), rng.normal(size=(5, 2)) + 0.3, 0.5
+
+    def k(a: np.ndarray, b: np.ndarray) -> float:
+        d2 = float(((a - b) ** 2).sum())
+        return (np.exp(-d2 / (2 * std**2)) + np.exp(-d2 / (2 * (10 * std) ** 2))) / 2
+
+    xx = sum(k(x[i], x[j]) for i in range(7) for j in range(7) if i != j) / (7 * 6)
+    yy = sum(k(y[i], y[j]) for i in range(5) for j in range(5) if i != j) / (5 * 4)
+    xy = sum(k(a, b) for a in x for b in y) / (7 * 5)
+    # then
+    assert mixture_mmd(x, y, std) == pytest.approx(xx + yy - 2 * xy, rel=1e-10)

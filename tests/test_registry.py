@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from cdgan import registry, stages, tracking
 from cdgan.models import build_models
-from cdgan.params import ModelParams, Params, Paths, RegisterParams
+from cdgan.params import ModelParams, Params, Paths, RegisterParams, SampleParams
 from tests.conftest import REPO, run
 
 COMPARABLE = {"dataset": "grid25", "feature_extractor": "none"}
@@ -37,7 +37,7 @@ def sampler_uri(mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory) -> st
         (2,),
         generator.state_dict(),
         energy.state_dict(),
-        {"langevin_steps": 3, "step_size": 0.01, "noise": 0.0},
+        SampleParams(langevin_steps=3, step_size=0.01),
     )
     mlflow.set_experiment(f"registry-{uuid.uuid4().hex[:8]}")
     with mlflow.start_run():

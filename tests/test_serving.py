@@ -24,7 +24,7 @@ from PIL import Image
 
 from cdgan import registry
 from cdgan.models import build_models
-from cdgan.params import ModelParams
+from cdgan.params import ModelParams, SampleParams
 from tests.conftest import BIN, run
 
 IMAGE_SHAPE = (1, 8, 8)
@@ -83,7 +83,7 @@ def image_model(mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory) -> st
         IMAGE_SHAPE,
         generator.state_dict(),
         energy.state_dict(),
-        {"langevin_steps": 2, "step_size": 0.01, "noise": 0.0},
+        SampleParams(langevin_steps=2, step_size=0.01),
     )
     mlflow.set_experiment(f"serving-{uuid.uuid4().hex[:8]}")
     with mlflow.start_run():

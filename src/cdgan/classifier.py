@@ -24,7 +24,6 @@ INCEPTION_DIM = 2048  # pool3 features, the FID standard
 INCEPTION_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 )
-_HOLDOUT = 0.1  # share of the real images kept out of classifier training to measure its accuracy
 
 
 class Classifier(nn.Module):
@@ -95,24 +94,26 @@ def classifier_from_config(config: dict[str, int]) -> Classifier | StackedClassi
     return StackedClassifier(digit, stacked) if stacked else digit
 
 
-def fit_classifier(x: Tensor, y: Tensor, epochs: int, seed: int, batch_size: int = 128) -> tuple[Classifier, float]:
-    """Train on all but a seeded holdout; return the network (eval mode) and its holdout accuracy."""
+def fit_classifier(x: Tensor, y: Tensor, epochs: int, seed: int, batch_size: int = 128) -> Classifier:
+    """Train on all of (x, y), the training split; the network comes back in eval mode."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    order = torch.randperm(len(x), generator=gen)
-    n_hold = max(1, int(_HOLDOUT * len(x)))
-    hold, fit = order[:n_hold], order[n_hold:]
     net = Classifier(x.shape[1], int(y.max()) + 1)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     for _ in range(epochs):
-        for batch in fit[torch.randperm(len(fit), generator=gen)].split(batch_size):
+        for batch in torch.randperm(len(x), generator=gen).split(batch_size):
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(net(x[batch]), y[batch]).backward()
             opt.step()
-    net.eval()
+    return net.eval()
+
+
+def classifier_accuracy(net: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> float:
+    """Share of (x, y), the held-out split, that `net` classifies right."""
     with torch.no_grad():
-        accuracy = (net(x[hold]).argmax(1) == y[hold]).float().mean().item()
-    return net, accuracy
+        batches = zip(x.split(batch_size), y.split(batch_size), strict=True)
+        hits = sum(int((net(xb).argmax(1) == yb).sum()) for xb, yb in batches)
+    return hits / len(y)
 
 
 def _tf_avg_pool(x: Tensor) -> Tensor:

@@ -39,6 +39,19 @@ class Dataset:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
 
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The training split (generator, energy net and domain classifier learn from it) and the held-out
+    split (the FID reference, the k-NN metrics and the classifier's accuracy), disjoint."""
+
+    train: Dataset
+    heldout: Dataset
+
 
 def mode_centres(dataset: str) -> tuple[np.ndarray, float]:
     """Centres (M, 2) and standard deviation of a 2-D mixture data set."""
@@ -51,7 +64,7 @@ def mode_centres(dataset: str) -> tuple[np.ndarray, float]:
     raise CdganError(f"data.dataset={dataset!r} has no mode centres; use grid25 or ring8")
 
 
-def _mixture(dataset: str, n: int, rng: np.random.Generator) -> Dataset:
+def draw_mixture(dataset: str, n: int, rng: np.random.Generator) -> Dataset:
     centres, std = mode_centres(dataset)
     component = rng.integers(len(centres), size=n)
     x = centres[component] + std * rng.standard_normal((n, 2))
@@ -66,9 +79,10 @@ def _digits() -> Dataset:
     return Dataset(x, digits.target.astype(np.int64))
 
 
-def _stacked_digits(n: int, rng: np.random.Generator) -> Dataset:
-    """Three independently drawn digits as the three channels: 1000 modes (as stacked MNIST)."""
-    digits = _digits()
+def _stacked_digits(n: int, rng: np.random.Generator, digits: Dataset | None = None) -> Dataset:
+    """Three independently drawn digits (of `digits`, default all) as the three channels: 1000 modes (as
+    stacked MNIST)."""
+    digits = digits if digits is not None else _digits()
     picks = rng.integers(len(digits.y), size=(n, 3))
     x = np.concatenate([digits.x[picks[:, c]] for c in range(3)], axis=1)  # (N, 3, 8, 8)
     labels = digits.y[picks]
@@ -120,7 +134,7 @@ def _resize(x: np.ndarray, side: int) -> np.ndarray:
 def build_dataset(params: DataParams) -> Dataset:
     rng = np.random.default_rng(params.seed)
     if params.dataset in ("grid25", "ring8"):
-        return _mixture(params.dataset, params.n_points, rng)
+        return draw_mixture(params.dataset, params.n_points, rng)
     if params.dataset == "digits":
         ds = _digits()
     elif params.dataset == "stacked-digits":
@@ -130,6 +144,36 @@ def build_dataset(params: DataParams) -> Dataset:
     else:
         ds = _torchvision(params)
     return Dataset(_resize(ds.x, params.image_size).astype(np.float32), ds.y)
+
+
+def _split(ds: Dataset, heldout_frac: float, seed: int) -> Splits:
+    """A seeded split, stratified by label where every label has two examples or more."""
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(ds.y[ds.y >= 0]) if (ds.y >= 0).all() else np.zeros(1)
+    stratify = ds.y if counts[counts > 0].min() >= 2 else None
+    train, heldout = train_test_split(
+        np.arange(len(ds.y)), test_size=heldout_frac, random_state=seed, stratify=stratify
+    )
+    train, heldout = np.sort(train), np.sort(heldout)  # keep the data set's own order within each split
+    return Splits(Dataset(ds.x[train], ds.y[train]), Dataset(ds.x[heldout], ds.y[heldout]))
+
+
+def build_splits(params: DataParams) -> Splits:
+    """`build_dataset` split into training and held-out parts (`data.heldout_frac`, seeded by `data.seed`).
+
+    stacked-digits splits the plain digits first and stacks each part on its own, so no held-out stacked
+    image shares a digit image with the training split (nor with the digit classifier's training data).
+    """
+    if params.dataset != "stacked-digits":
+        return _split(build_dataset(params), params.heldout_frac, params.seed)
+    digits = _split(_digits(), params.heldout_frac, params.seed)
+    rng = np.random.default_rng(params.seed)
+    n_heldout = round(N_STACKED * params.heldout_frac)
+    train = _stacked_digits(N_STACKED - n_heldout, rng, digits.train)
+    heldout = _stacked_digits(n_heldout, rng, digits.heldout)
+    side = params.image_size
+    return Splits(*(Dataset(_resize(d.x, side).astype(np.float32), d.y) for d in (train, heldout)))
 
 
 def save_dataset(path: Path, ds: Dataset) -> Path:

@@ -7,8 +7,13 @@ density_coverage, inception_score, all in the space of one feature extractor (`e
 Samples are drawn, featurized and folded into running statistics BATCH at a time, so FID and the
 Inception Score take memory independent of `evaluate.n_samples`; KID and the k-NN metrics need every
 feature at once, (n_samples, d) floats, which they keep only when asked for.
-2-D mixtures always report modes and hq_frac (and their _raw twins) and ignore `evaluate.metrics`, as a
-loss ignores the params of the others: switching data.dataset needs no second edit.
+2-D mixtures always report modes, hq_frac, spread and mmd (and their _raw twins) and ignore
+`evaluate.metrics`, as a loss ignores the params of the others: switching data.dataset needs no second edit.
+
+Every figure is scored against held-out data (`prepare`'s held-out split, or fresh draws of a known
+2-D mixture), and `reference_points` puts reference points beside it: `<metric>_floor` (real training
+data scored the same way: what a perfect sampler gets at this sample count) and, for images, `fid_gmm`
+(a Gaussian mixture fitted to the training pixels, at its best number of components).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from cdgan.classifier import INCEPTION_DIM, Classifier, StackedClassifier, classifier_from_config, load_fid_inception
-from cdgan.data import Dataset, mode_centres
+from cdgan.data import Dataset, draw_mixture, mode_centres
 from cdgan.errors import CdganError
 from cdgan.files import load_torch, save_torch
 from cdgan.metrics import (
@@ -31,11 +36,12 @@ from cdgan.metrics import (
     density_coverage,
     frechet_distance,
     kernel_inception_distance,
+    mixture_mmd,
     mode_coverage,
     precision_recall,
 )
 from cdgan.models import EnergyNet, Generator
-from cdgan.params import EvaluateParams
+from cdgan.params import EvaluateParams, SampleParams
 from cdgan.sampler import draw_samples
 
 Scorer = Callable[[Tensor], dict[str, float]]
@@ -44,6 +50,8 @@ BATCH = 500  # samples drawn, featurized and accumulated at a time; fixed, as ea
 PREVIEW = 2500  # model samples kept for the picture
 _FEATURE_BATCH = 100  # images per feature-network call: Inception's activations at 299 px are ~10 MB an image
 _REAL_FEATURE_METRICS = ("kid", "precision_recall", "density_coverage")
+GMM_COMPONENTS = (1, 5, 10, 20, 40)  # the baseline's grid: it gets its best FID over these
+GMM_FIT_ROWS = 5000  # training images the mixture is fitted to, at most (full covariances: O(rows * k * d^2))
 
 
 @dataclass(frozen=True)
@@ -88,8 +96,9 @@ def load_reference(path: Path) -> Reference:
 
 
 def build_scorer(dataset: str, real: Dataset, reference_path: Path) -> Scorer:
-    """samples -> metrics during training: {"fid"} (domain FID) for images, {"modes", "hq_frac"} for 2-D mixtures."""
-    if len(real.shape) == 1:
+    """samples -> metrics during training: {"fid"} (domain FID against the held-out split's statistics) for
+    images, {"modes", "hq_frac", "spread"} for 2-D mixtures."""
+    if not real.is_image:
         centres, std = mode_centres(dataset)
         return lambda x: mode_coverage(x.numpy(), centres, std)
     reference = load_reference(reference_path)
@@ -141,8 +150,9 @@ def build_extractor(ev: EvaluateParams, reference: Reference, device: torch.devi
 class Suite:
     """What samples are scored against, built and checked before any sample is drawn.
 
-    Images: the extractor, the real feature statistics (the FID reference) and, for KID and the k-NN
-    metrics, the features of min(n_samples, N) seeded real examples. 2-D mixtures: mode centres and std.
+    Images: the extractor, the held-out split's feature statistics (the FID reference) and, for KID and
+    the k-NN metrics, the features of min(n_samples, N) seeded held-out examples. 2-D mixtures: mode
+    centres and std, and n_samples fresh draws of the true mixture.
     """
 
     ev: EvaluateParams
@@ -151,6 +161,8 @@ class Suite:
     real_features: Tensor | None = None  # (n_real, d), on the extractor's device
     classifier_accuracy: float | None = None
     modes: tuple[np.ndarray, float] | None = None
+    truth: np.ndarray | None = None  # (n_samples, 2) fresh draws of the true 2-D mixture
+    truth_twin: np.ndarray | None = None  # as many more, independent: the floor a perfect sampler reaches
 
     @property
     def feature_extractor(self) -> str:
@@ -158,8 +170,10 @@ class Suite:
 
 
 def build_suite(dataset: str, real: Dataset, reference_path: Path, ev: EvaluateParams, device: torch.device) -> Suite:
-    if len(real.shape) == 1:
-        return Suite(ev, modes=mode_centres(dataset))
+    """`real` is the held-out split (images); 2-D mixtures are scored against fresh draws of the true mixture."""
+    if not real.is_image:
+        truth, twin = (_fresh_mixture(dataset, ev, stream) for stream in (1, 2))
+        return Suite(ev, modes=mode_centres(dataset), truth=truth, truth_twin=twin)
     n_real = min(len(real.x), ev.n_samples)
     if "kid" in ev.metrics and ev.kid_subset_size > n_real:
         raise CdganError(
@@ -208,18 +222,17 @@ class Evaluation:
 
 
 def sample_batches(
-    generator: Generator, energy: EnergyNet | None, sampling: dict, n: int, seed: int
+    generator: Generator, energy: EnergyNet | None, sampling: SampleParams, n: int, seed: int
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """(raw G(z), model output) for n samples, BATCH at a time; both share their z.
+    """(raw G(z), model output) for n samples, BATCH at a time; both start from the same z.
 
     Batch b draws from its own seed, SeedSequence([seed, b]), so the samples depend on (n, seed) only.
-    `sampling` holds the Langevin settings (langevin_steps, step_size, noise) of params.yaml's `sample`.
     """
-    is_refined = energy is not None and sampling["langevin_steps"] > 0
+    is_refined = energy is not None and sampling.langevin_steps > 0
     for b, start in enumerate(range(0, n, BATCH)):
         size, batch_seed = min(BATCH, n - start), int(np.random.SeedSequence([seed, b]).generate_state(1)[0])
         x_raw = draw_samples(generator, energy, size, batch_seed)
-        yield x_raw, draw_samples(generator, energy, size, batch_seed, **sampling) if is_refined else x_raw
+        yield x_raw, draw_samples(generator, energy, size, batch_seed, sampling) if is_refined else x_raw
 
 
 def class_coverage(labels: Tensor, n_classes: int) -> dict[str, float]:
@@ -229,17 +242,21 @@ def class_coverage(labels: Tensor, n_classes: int) -> dict[str, float]:
     return {"modes": float(len(nonzero)), "kl": float((nonzero * (nonzero * n_classes).log()).sum())}
 
 
-def score_model(suite: Suite, generator: Generator, energy: EnergyNet | None, sampling: dict) -> Evaluation:
+def _mixture_scores(suite: Suite, x: np.ndarray) -> dict[str, float]:
+    centres, std = suite.modes
+    return mode_coverage(x, centres, std) | {"mmd": mixture_mmd(x, suite.truth, std)}
+
+
+def score_model(suite: Suite, generator: Generator, energy: EnergyNet | None, sampling: SampleParams) -> Evaluation:
     """The metrics `suite` asks for, of the model output (G(z) refined as `sampling` says) and of raw G(z)."""
     ev = suite.ev
     batches = sample_batches(generator, energy, sampling, ev.n_samples, ev.seed)
     if suite.modes is not None:
         x_raw, x_out = (torch.cat(xs) for xs in zip(*batches, strict=True))
-        centres, std = suite.modes
-        raw = mode_coverage(x_raw.numpy(), centres, std)
-        metrics = mode_coverage(x_out.numpy(), centres, std) | {f"{k}_raw": v for k, v in raw.items()}
+        raw = _mixture_scores(suite, x_raw.numpy())
+        metrics = _mixture_scores(suite, x_out.numpy()) | {f"{k}_raw": v for k, v in raw.items()}
         return Evaluation(metrics, x_out[:PREVIEW])
-    extractor, is_refined = suite.extractor, energy is not None and sampling["langevin_steps"] > 0
+    extractor, is_refined = suite.extractor, energy is not None and sampling.langevin_steps > 0
     stats_out, stats_raw = (FeatureStats(extractor.dim).to(extractor.device) for _ in range(2))
     inception_score = InceptionScore(extractor.n_classes).to(extractor.device)
     kept, preview, labels = [], [], []
@@ -271,3 +288,54 @@ def score_model(suite: Suite, generator: Generator, energy: EnergyNet | None, sa
     if suite.classifier_accuracy is not None:
         metrics["classifier_accuracy"] = suite.classifier_accuracy
     return Evaluation(metrics, torch.cat(preview)[:PREVIEW])
+
+
+def _fresh_mixture(dataset: str, ev: EvaluateParams, stream: int) -> np.ndarray:
+    """n_samples new draws of the true 2-D mixture, from their own seed (never the training data's)."""
+    return draw_mixture(dataset, ev.n_samples, np.random.default_rng([ev.seed, stream])).x
+
+
+def _fid_and_classes(suite: Suite, x: np.ndarray) -> dict[str, float]:
+    """fid, modes and kl of images x (N, C, H, W) in [-1, 1], scored as the model output is."""
+    stats = FeatureStats(suite.extractor.dim).to(suite.extractor.device)
+    labels = []
+    for start in range(0, len(x), BATCH):
+        features, logits = suite.extractor(torch.from_numpy(x[start : start + BATCH]))
+        stats.update(features)
+        labels.append(logits.argmax(1).cpu())
+    fid = frechet_distance(*stats.compute(), *suite.real_stats)
+    return {"fid": fid} | class_coverage(torch.cat(labels), suite.extractor.n_classes)
+
+
+def reference_points(suite: Suite, train: Dataset) -> dict[str, float]:
+    """What a reader needs beside the model's figures, at the same sample count and seed.
+
+    `<metric>_floor`: real data scored as the model output is. Images: n_samples training images drawn
+    with replacement (never part of the held-out reference), i.e. what a sampler of the training data
+    gets. 2-D: n_samples fresh draws of the true mixture. Images also get `fid_gmm`, `modes_gmm`, `kl_gmm`:
+    a Gaussian mixture fitted to the training pixels (full covariances, scikit-learn), sampled and scored
+    the same way, at the number of components in GMM_COMPONENTS with the lowest FID (`gmm_components`):
+    the naive baseline at its own best setting.
+    """
+    ev = suite.ev
+    rng = np.random.default_rng([ev.seed, 2])
+    if suite.modes is not None:
+        return {f"{k}_floor": v for k, v in _mixture_scores(suite, suite.truth_twin).items()}
+    floor = _fid_and_classes(suite, train.x[rng.integers(len(train.x), size=ev.n_samples)])
+    return {f"{k}_floor": v for k, v in floor.items()} | _gmm_baseline(suite, train, rng)
+
+
+def _gmm_baseline(suite: Suite, train: Dataset, rng: np.random.Generator) -> dict[str, float]:
+    from sklearn.mixture import GaussianMixture
+
+    ev = suite.ev
+    pixels = train.x.reshape(len(train.x), -1).astype(np.float64)  # float32 covariances fail NumPy's PSD check
+    pixels = pixels[rng.permutation(len(pixels))[:GMM_FIT_ROWS]]
+    best: dict[str, float] = {}
+    for k in (k for k in GMM_COMPONENTS if k <= len(pixels) // 10):  # >= 10 rows a component
+        gmm = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=ev.seed).fit(pixels)
+        samples = gmm.sample(ev.n_samples)[0].clip(-1, 1).astype(np.float32).reshape(-1, *train.shape)
+        scores = _fid_and_classes(suite, samples)
+        if not best or scores["fid"] < best["fid_gmm"]:
+            best = {f"{key}_gmm": v for key, v in scores.items()} | {"gmm_components": float(k)}
+    return best

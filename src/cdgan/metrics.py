@@ -198,13 +198,45 @@ def density_coverage(real: Tensor, fake: Tensor, k: int) -> dict[str, float]:
 
 
 def mode_coverage(x: np.ndarray, centres: np.ndarray, std: float) -> dict[str, float]:
-    """Modes covered and high-quality fraction of 2-D samples (VEEGAN / PacGAN protocol).
+    """Modes covered, high-quality fraction and spread of 2-D samples (VEEGAN / PacGAN protocol, plus spread).
 
     A sample is high quality when it lies within 3 std of its nearest centre; a mode is covered when
-    at least one high-quality sample lands on it.
+    at least one high-quality sample lands on it. `spread` is the median, over modes holding two or more
+    high-quality samples, of their std (root mean of the two axes' variances) / the true `std`: about 1
+    for a sampler that matches the data, 0 for one that collapses each mode to a point (0 when no mode
+    holds two samples). The 3-std cut trims a true 2-D Gaussian's std by only 1 %.
     """
     dist = np.linalg.norm(x[:, None, :] - centres[None, :, :], axis=-1)  # (N, M)
     nearest = dist.argmin(1)
     is_hq = dist[np.arange(len(x)), nearest] < 3 * std
     covered = np.unique(nearest[is_hq])
-    return {"modes": float(len(covered)), "hq_frac": float(is_hq.mean())}
+    stds = [
+        np.sqrt(x[is_hq & (nearest == m)].var(0, ddof=1).mean()) for m in covered if (nearest[is_hq] == m).sum() > 1
+    ]
+    spread = float(np.median(stds) / std) if stds else 0.0
+    return {"modes": float(len(covered)), "hq_frac": float(is_hq.mean()), "spread": spread}
+
+
+def mixture_mmd(x: np.ndarray, y: np.ndarray, std: float) -> float:
+    """Unbiased squared MMD between 2-D sample sets x (N, 2) and y (M, 2), kernel the mean of Gaussians of
+    bandwidth `std` (a mode's own scale) and 10 * `std`.
+
+    Its expectation is 0 when x and y come from the same distribution, at any sample count. A kernel at
+    the mode's scale sees what coarser distances miss at a few thousand samples: a mode collapsed to a
+    point (the energy distance and exact Wasserstein-1 of 2,500 grid25 samples rank such a sampler with
+    a perfect one, their noise from the mode counts being larger than the collapse) as well as missing
+    modes. Hand-written: torchmetrics' only MMD is KID's polynomial kernel on features.
+    """
+    a, b = torch.from_numpy(np.asarray(x, np.float64)), torch.from_numpy(np.asarray(y, np.float64))
+
+    def kernel_sum(u: Tensor, v: Tensor) -> Tensor:
+        total = torch.zeros((), dtype=torch.float64)
+        for block in u.split(_CHUNK):
+            d2 = torch.cdist(block, v).square()
+            total += sum((-d2 / (2 * bw**2)).exp().sum() for bw in (std, 10 * std)) / 2
+        return total
+
+    n, m = len(a), len(b)
+    within_a = (kernel_sum(a, a) - n) / (n * (n - 1))  # each point's kernel with itself is 1: left out
+    within_b = (kernel_sum(b, b) - m) / (m * (m - 1))
+    return float(within_a + within_b - 2 * kernel_sum(a, b) / (n * m))

@@ -61,6 +61,7 @@ class DataParams(_Section):
     image_size: int = Field(8, ge=4)  # images are resized to this side; must be 4 * 2**n
     n_points: int = Field(10_000, gt=0)  # samples drawn for 2-D mixtures
     classifier_epochs: int = Field(10, ge=1)  # epochs of the domain classifier behind FID
+    heldout_frac: float = Field(0.2, gt=0, lt=1)  # share held out: FID reference, k-NN metrics, classifier accuracy
     seed: int = 0
 
     @field_validator("image_size")
@@ -133,11 +134,16 @@ class TrainParams(_Section):
 
 
 class SampleParams(_Section):
-    """The model's output: G(z) refined by Langevin steps on E (evaluate, `cdgan sample`, the registered model)."""
+    """The model's output: G(z) refined by Langevin steps on E (evaluate, `cdgan sample`, the registered model).
 
+    Langevin at temperature T samples p ~ exp(-E / T) (times the latent prior in latent space, as DDLS);
+    T = 0 is noiseless descent on E, which pulls every sample to an energy minimum (see cdgan.sampler).
+    """
+
+    space: Literal["data", "latent"] = "data"  # data: refine x = G(z); latent: refine z, then G(z) (DDLS)
     langevin_steps: int = Field(0, ge=0)  # 0 = raw G(z)
     step_size: float = Field(0.01, gt=0)
-    noise: float = Field(0.0, ge=0)
+    temperature: float = Field(0.0, ge=0)  # noise sqrt(2 * step_size * temperature) per step
 
 
 class EvaluateParams(_Section):
@@ -200,6 +206,11 @@ class Paths:
     @property
     def dataset(self) -> Path:
         return self.prepared / "dataset.npz"
+
+    @property
+    def heldout(self) -> Path:
+        """The held-out split: never trained on, the reference every evaluation scores against."""
+        return self.prepared / "heldout.npz"
 
     @property
     def classifier(self) -> Path:

@@ -21,7 +21,7 @@ from PIL import Image
 from cdgan.errors import CdganError
 from cdgan.files import load_torch, save_torch
 from cdgan.models import EnergyNet, Generator, build_models
-from cdgan.params import ModelParams
+from cdgan.params import ModelParams, SampleParams
 from cdgan.sampler import draw_samples
 from cdgan.tracking import retried, store_lock
 
@@ -36,14 +36,10 @@ class Bundle:
 
     generator: Generator
     energy: EnergyNet
-    langevin_steps: int
-    step_size: float
-    noise: float
+    sampling: SampleParams
 
     def sample(self, n: int, seed: int) -> np.ndarray:
-        return draw_samples(
-            self.generator, self.energy, n, seed, self.langevin_steps, self.step_size, self.noise
-        ).numpy()
+        return draw_samples(self.generator, self.energy, n, seed, self.sampling).numpy()
 
 
 def save_bundle(
@@ -52,7 +48,7 @@ def save_bundle(
     data_shape: tuple[int, ...],
     generator_state: dict,
     energy_state: dict,
-    sampling: dict[str, Any],
+    sampling: SampleParams,
 ) -> Path:
     return save_torch(
         path,
@@ -61,7 +57,7 @@ def save_bundle(
             "data_shape": list(data_shape),
             "generator": generator_state,
             "energy": energy_state,
-            "sampling": sampling,
+            "sampling": sampling.model_dump(),
         },
     )
 
@@ -71,7 +67,7 @@ def load_bundle(path: Path) -> Bundle:
     generator, energy = build_models(ModelParams(**saved["model"]), tuple(saved["data_shape"]))
     generator.load_state_dict(saved["generator"])
     energy.load_state_dict(saved["energy"])
-    return Bundle(generator.eval(), energy.eval(), **saved["sampling"])
+    return Bundle(generator.eval(), energy.eval(), SampleParams(**saved["sampling"]))
 
 
 class Sampler(mlflow.pyfunc.PythonModel):

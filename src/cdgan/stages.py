@@ -20,14 +20,21 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cdgan import distributed, registry, tracking
-from cdgan.classifier import StackedClassifier, fit_classifier
-from cdgan.data import Dataset, StreamedBatches, build_dataset, load_dataset, mode_centres, save_dataset
+from cdgan.classifier import StackedClassifier, classifier_accuracy, fit_classifier
+from cdgan.data import Dataset, StreamedBatches, build_splits, load_dataset, mode_centres, save_dataset
 from cdgan.errors import CdganError
-from cdgan.evaluation import build_scorer, build_suite, primary_metric, save_reference, score_model
+from cdgan.evaluation import (
+    build_scorer,
+    build_suite,
+    primary_metric,
+    reference_points,
+    save_reference,
+    score_model,
+)
 from cdgan.files import load_torch, read_json, save_torch, write_atomic, write_json
 from cdgan.losses import LOSSES
 from cdgan.models import EnergyNet, Generator, build_models
-from cdgan.params import Params, Paths, TrainParams
+from cdgan.params import Params, Paths, SampleParams, TrainParams
 from cdgan.pictures import save_curves_png, save_samples_png
 from cdgan.probe import gradient_probe
 from cdgan.report import write_csv
@@ -76,26 +83,39 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare(params: Params, paths: Paths) -> PrepareResult:
-    ds = build_dataset(params.data)
+    """The training and held-out splits and, for images, the domain classifier: fitted on the training
+    split, its accuracy measured and its FID reference statistics taken on the held-out split."""
+    splits = build_splits(params.data)
     accuracy = None
     if params.data.is_image:
-        # stacked-digits: a digit classifier on the plain digits, applied per channel (1000 classes)
+        # stacked-digits: a digit classifier on the plain digits' training split, applied per channel
         is_stacked = params.data.dataset == "stacked-digits"
-        labelled = build_dataset(params.data.model_copy(update={"dataset": "digits"})) if is_stacked else ds
-        classifier, accuracy = fit_classifier(
-            torch.from_numpy(labelled.x), torch.from_numpy(labelled.y), params.data.classifier_epochs, params.data.seed
+        labelled = build_splits(params.data.model_copy(update={"dataset": "digits"})) if is_stacked else splits
+        classifier = fit_classifier(
+            torch.from_numpy(labelled.train.x),
+            torch.from_numpy(labelled.train.y),
+            params.data.classifier_epochs,
+            params.data.seed,
+        )
+        accuracy = classifier_accuracy(
+            classifier, torch.from_numpy(labelled.heldout.x), torch.from_numpy(labelled.heldout.y)
         )
         if is_stacked:
-            classifier = StackedClassifier(classifier, ds.shape[0])
-        save_reference(paths.classifier, classifier, torch.from_numpy(ds.x), accuracy)
+            classifier = StackedClassifier(classifier, splits.train.shape[0])
+        save_reference(paths.classifier, classifier, torch.from_numpy(splits.heldout.x), accuracy)
     else:
         paths.classifier.unlink(missing_ok=True)
-    save_dataset(paths.dataset, ds)
-    summary = {"n_examples": len(ds.x), "n_classes": ds.n_classes}
+    save_dataset(paths.heldout, splits.heldout)
+    save_dataset(paths.dataset, splits.train)
+    summary = {
+        "n_examples": len(splits.train.x),
+        "n_heldout": len(splits.heldout.x),
+        "n_classes": splits.train.n_classes,
+    }
     write_json(
         paths.metrics / "prepare.json", summary | ({"classifier_accuracy": accuracy} if accuracy is not None else {})
     )
-    return PrepareResult(len(ds.x), ds.shape, accuracy)
+    return PrepareResult(len(splits.train.x), splits.train.shape, accuracy)
 
 
 def _resume_key(params: Params, dataset: Path) -> str:
@@ -175,7 +195,7 @@ def _train_tracked(
     history: dict[str, list[dict[str, float]]] = saved["meta"]["history"] if saved else {"losses": [], "scores": []}
 
     def score(generator: Generator, energy: EnergyNet) -> dict[str, float]:
-        return scorer(draw_samples(generator, energy, SCORE_SAMPLES, params.train.seed))
+        return scorer(draw_samples(generator, energy, SCORE_SAMPLES, params.train.seed))  # raw G(z)
 
     start = time.perf_counter()
     run_id = saved["meta"]["mlflow_run_id"] if saved is not None else None
@@ -244,23 +264,25 @@ def evaluate(params: Params, paths: Paths, model_uri: str | None = None, out: Pa
     if out is not None and out.resolve() == paths.eval_metrics.resolve():
         raise CdganError(f"--out {out} is the evaluate stage's DVC output; write the metrics elsewhere")
     run_id = read_json(paths.train_metrics)["mlflow_run_id"] if model_uri is None else None
-    real = load_dataset(paths.dataset)
+    train_split, heldout = load_dataset(paths.dataset), load_dataset(paths.heldout)
     ev = params.evaluate
     device = _evaluate_device(ev.device)
-    suite = build_suite(params.data.dataset, real, paths.classifier, ev, device)  # checks params against the data
+    suite = build_suite(params.data.dataset, heldout, paths.classifier, ev, device)  # checks params against the data
     if model_uri is None:
-        generator, energy = _load_trained(params, paths, real.shape)
-        sampling = params.sample.model_dump()
+        generator, energy = _load_trained(params, paths, train_split.shape)
+        sampling = params.sample
     else:
-        generator, energy, sampling = _load_registered(paths, model_uri, real.shape)
+        bundle = _load_registered(paths, model_uri, train_split.shape)
+        generator, energy, sampling = bundle.generator, bundle.energy, bundle.sampling
     evaluation = score_model(suite, generator.to(device), energy.to(device), sampling)
-    metrics = evaluation.metrics
-    info = {"dataset": params.data.dataset, "feature_extractor": suite.feature_extractor, "n_samples": ev.n_samples}
+    metrics = evaluation.metrics | reference_points(suite, train_split)
+    info = {"dataset": params.data.dataset, "feature_extractor": suite.feature_extractor, "n_samples": ev.n_samples,
+            "sample_space": sampling.space}  # fmt: skip
     if model_uri is not None:
         write_json(out, metrics | info | {"model_uri": model_uri})
         return EvaluateResult(metrics, out, None)
     centres = None if params.data.is_image else mode_centres(params.data.dataset)[0]
-    title = f"{_loss_label(params)}, {params.sample.langevin_steps} Langevin steps at sampling"
+    title = f"{_loss_label(params)}, {_sampling_label(sampling)}"
     png = save_samples_png(paths.eval_plots / "samples.png", evaluation.preview, centres, title)
     with tracking.tracked_run(params, paths, run_id):
         tracking.log_metrics(None, metrics)
@@ -269,16 +291,20 @@ def evaluate(params: Params, paths: Paths, model_uri: str | None = None, out: Pa
     return EvaluateResult(metrics, paths.eval_metrics, png)
 
 
+def _sampling_label(sampling: SampleParams) -> str:
+    if sampling.langevin_steps == 0:
+        return "raw G(z)"
+    return f"{sampling.langevin_steps} Langevin steps in {sampling.space} space at T={sampling.temperature:g}"
+
+
 def _evaluate_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise CdganError("evaluate.device=cuda but no CUDA GPU is visible; use device: auto or cpu")
     return resolve_device(name)
 
 
-def _load_registered(
-    paths: Paths, model_uri: str, data_shape: tuple[int, ...]
-) -> tuple[Generator, EnergyNet, dict[str, Any]]:
-    """Networks and Langevin settings of a logged or registered sampler that fits the prepared data."""
+def _load_registered(paths: Paths, model_uri: str, data_shape: tuple[int, ...]) -> registry.Bundle:
+    """A logged or registered sampler (networks and sampling settings) that fits the prepared data."""
     tracking.connect(paths)
     bundle = registry.load_sampler(model_uri)
     if tuple(bundle.generator.data_shape) != tuple(data_shape):
@@ -286,8 +312,7 @@ def _load_registered(
             f"{model_uri} samples shape {tuple(bundle.generator.data_shape)} but {paths.dataset} holds "
             f"{tuple(data_shape)}: evaluate it in a project prepared with its data set"
         )
-    sampling = {"langevin_steps": bundle.langevin_steps, "step_size": bundle.step_size, "noise": bundle.noise}
-    return bundle.generator, bundle.energy, sampling
+    return bundle
 
 
 def register(params: Params, paths: Paths, force: bool = False) -> RegisterResult:
@@ -308,7 +333,7 @@ def register(params: Params, paths: Paths, force: bool = False) -> RegisterResul
     metric, lower_is_better = primary_metric(params.data.is_image)
     real_shape = load_dataset(paths.dataset).shape
     generator, energy = _load_trained(params, paths, real_shape)
-    sampling = params.sample.model_dump()
+    sampling = params.sample
     data_sha256 = hashlib.sha256(paths.dataset.read_bytes()).hexdigest()
     comparable = {"dataset": evaluation["dataset"], "feature_extractor": evaluation["feature_extractor"],
                   "data_sha256": data_sha256}  # fmt: skip
@@ -347,7 +372,7 @@ def sample(
         raise CdganError(f"--n must be > 0 (got {n})")
     if generator_path is not None:
         generator, energy = _load_trained(params, paths, load_dataset(paths.dataset).shape, generator_path)
-        x = draw_samples(generator, energy, n, seed, **params.sample.model_dump()).numpy()
+        x = draw_samples(generator, energy, n, seed, params.sample).numpy()
     else:
         tracking.connect(paths)
         uri = model_uri or f"models:/{params.register.model_name}@{registry.CHAMPION}"
