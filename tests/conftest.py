@@ -163,30 +163,35 @@ PROCESS_FIXTURES = {"dvc_repo", "spawn", "prefect_harness", "prefect_server", "m
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     pipelines = REPO / "tests" / "pipelines"
+    walked: dict[CodeType, bool] = {}  # helpers and fixtures shared by many tests are read once
     for item in items:
-        fixtures = [defs[-1].func for defs in item._fixtureinfo.name2fixturedefs.values()]
+        fixtures = [defs[-1].func for defs in item._fixtureinfo.name2fixturedefs.values()]  # the ones it gets
         if (
             item.path.is_relative_to(pipelines)
-            or PROCESS_FIXTURES & set(item.fixturenames)
-            or any(_names_process(fn) for fn in [getattr(item, "function", None), *fixtures])
+            or PROCESS_FIXTURES & set(item.fixturenames)  # fixturenames: fixtures of fixtures too
+            or any(_names_process(fn, walked) for fn in [getattr(item, "function", None), *fixtures])
         ):
             item.add_marker(pytest.mark.integration)
 
 
-_walked: dict[CodeType, bool] = {}
-
-
-def _starts_processes(fn: object) -> bool:
-    """Whether `fn`, or a function or class of tests/ that it names, names the subprocess module or one of
-    its members. Names are read from the bytecode (globals loaded), nested functions and lambdas included."""
-    fn = getattr(fn, "__wrapped__", fn)
+def _names_process(obj: object, walked: dict[CodeType, bool]) -> bool:
+    """Whether `obj` is the subprocess module or one of its members, or a function or class of tests/ whose
+    code names one, directly or through further functions and classes of tests/."""
+    module = getattr(obj, "__module__", None) or ""
+    if obj is subprocess or module == "subprocess":
+        return True
+    if not module.startswith("tests."):
+        return False  # library code (cdgan, dvc, mlflow) is not read: in-process unless a fixture says otherwise
+    if isinstance(obj, type):
+        return any(_names_process(member, walked) for member in vars(obj).values())
+    fn = getattr(obj, "__wrapped__", obj)
     code = getattr(fn, "__code__", None)
     if code is None:
         return False
-    if code not in _walked:
-        _walked[code] = False  # a cycle (recursion) adds nothing
-        _walked[code] = any(_names_process(fn.__globals__.get(name)) for name in _global_names(code))
-    return _walked[code]
+    if code not in walked:
+        walked[code] = False  # a cycle (recursion) adds nothing
+        walked[code] = any(_names_process(fn.__globals__.get(name), walked) for name in _global_names(code))
+    return walked[code]
 
 
 def _global_names(code: CodeType) -> Iterator[str]:
@@ -196,16 +201,6 @@ def _global_names(code: CodeType) -> Iterator[str]:
     for const in code.co_consts:
         if isinstance(const, CodeType):
             yield from _global_names(const)
-
-
-def _names_process(obj: object) -> bool:
-    if obj is subprocess or getattr(obj, "__module__", None) == "subprocess":
-        return True
-    if not (getattr(obj, "__module__", None) or "").startswith("tests."):
-        return False  # library code (cdgan, dvc, mlflow) is not walked: in-process unless a fixture says otherwise
-    if isinstance(obj, type):
-        return any(_starts_processes(member) for member in vars(obj).values())
-    return _starts_processes(obj)
 
 
 @pytest.fixture(autouse=True)
