@@ -10,13 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 from torch import Tensor
+from torch.optim.swa_utils import AveragedModel
 
 from cdgan.data import StreamedBatches, build_dataset
 from cdgan.errors import CdganError
 from cdgan.files import load_torch
 from cdgan.losses import LOSSES
+from cdgan.models import build_models
 from cdgan.params import DataParams, ModelParams, TrainParams
-from cdgan.train import TrainState, checkpoint_dict, energy_step, fit, init_state, restore_state
+from cdgan.train import TrainState, checkpoint_dict, ema_with_warmup, energy_step, fit, init_state, restore_state
 
 MODEL = ModelParams(z_dim=4, hidden=8, channels=4)
 CPU = torch.device("cpu")
@@ -452,3 +454,23 @@ def test_compile_is_refused_with_spectral_norm() -> None:
 def test_compile_refuses_gradient_penalties(penalty: dict) -> None:
     with pytest.raises(ValueError, match=r"torch\.compile does not differentiate twice"):
         _train(compile=True, **penalty)
+
+
+def test_ema_decay_warms_up_from_the_first_updates() -> None:
+    # given a generator's weights at three successive steps, and the EMA of decay 0.999 over them
+    torch.manual_seed(0)
+    generator, _ = build_models(ModelParams(hidden=4), (2,))
+    ema = AveragedModel(generator, multi_avg_fn=ema_with_warmup(0.999), use_buffers=True)
+    ema.update_parameters(generator)  # the first update copies the weights
+    expected = [p.detach().clone() for p in generator.parameters()]
+    # when the EMA follows three more changes of the weights
+    for n in range(1, 4):
+        with torch.no_grad():
+            for p in generator.parameters():
+                p.add_(1.0)
+        ema.update_parameters(generator)
+        decay = min(0.999, (1 + n) / (10 + n))  # 2/11, 3/12, 4/13: the warm-up, far below 0.999
+        expected = [decay * e + (1 - decay) * p.detach() for e, p in zip(expected, generator.parameters(), strict=True)]
+    # then its weights follow the warmed-up recursion, not a fixed 0.999 (which would stay near the start)
+    for e, a in zip(expected, ema.module.parameters(), strict=True):
+        assert torch.allclose(a, e, atol=1e-6)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from cdgan import distributed
 from cdgan.data import StreamedBatches
@@ -54,7 +54,7 @@ def init_state(model: ModelParams, train: TrainParams, data_shape: tuple[int, ..
         nn.SyncBatchNorm.convert_sync_batchnorm(generator)  # swaps the generator's BatchNorm layers in place
     ema = None
     if train.ema > 0:
-        ema = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(train.ema), use_buffers=True)
+        ema = AveragedModel(generator, multi_avg_fn=ema_with_warmup(train.ema), use_buffers=True)
     if train.compile:  # in place, after the EMA copy: state_dict keys stay those of the plain networks
         generator.compile()
         energy.compile()
@@ -68,6 +68,20 @@ def init_state(model: ModelParams, train: TrainParams, data_shape: tuple[int, ..
         torch.Generator(device).manual_seed(train.seed),
         torch.zeros(train.replay_size, *data_shape, device=device) if train.replay_size else None,
     )
+
+
+def ema_with_warmup(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
+    """EMA update whose decay after n updates is min(decay, (1 + n) / (10 + n)), as TensorFlow's
+    ExponentialMovingAverage with num_updates. A fixed 0.999 would keep 0.999^2000 = 13.5 % of the random
+    initial weights in the sampling generator after a 2000-step run (digits FID ~100 instead of ~10)."""
+
+    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
+        # a 0-dim tensor on the parameters' device: no host sync per step
+        weight = 1 - torch.clamp((1 + num_averaged) / (10 + num_averaged), max=decay)
+        for avg, cur in zip(averaged, current, strict=True):
+            avg.lerp_(cur, weight.to(avg.dtype))
+
+    return update
 
 
 def _check_gpu_path(model: ModelParams, train: TrainParams, data_shape: tuple[int, ...], device: torch.device) -> None:
