@@ -265,8 +265,10 @@ def cdgan_sweep(
 def _write_report(
     out: Path, name: str, rows: list[dict[str, Any]], group_by: list[str], params: Params, trials: list[str]
 ) -> str:
-    image_metrics = ["fid", "fid_raw", "kid", "recall", "coverage", "modes", "kl"]
-    metrics = image_metrics if params.data.is_image else ["modes", "hq_frac", "modes_raw", "hq_frac_raw"]
+    # the model's figures, then their reference points (real-data floor, Gaussian-mixture baseline)
+    image_metrics = ["fid", "fid_raw", "kid", "recall", "coverage", "modes", "kl", "fid_floor", "fid_gmm", "kl_floor"]
+    point_metrics = ["modes", "hq_frac", "spread", "mmd", "modes_raw", "spread_raw", "mmd_raw", "mmd_floor"]
+    metrics = image_metrics if params.data.is_image else point_metrics
     metrics = [m for m in metrics if any(m in row for row in rows)]
     summary = summarize(rows, group_by, metrics)
     write_csv(out / f"{name}_runs.csv", rows)
