@@ -72,6 +72,32 @@ def test_a_code_edit_makes_status_name_the_stages_that_import_it(dvc_repo: Path,
         assert changed == [{"src/cdgan/stages.py": "modified"}], (stage, status[stage])
 
 
+def test_the_project_s_default_remote_is_a_folder_beside_the_checkout() -> None:
+    remotes = run(["dvc", "remote", "list"], REPO).stdout.split()
+    assert run(["dvc", "remote", "default"], REPO).stdout.strip() == "local"
+    assert remotes[remotes.index("local") + 1] == str(REPO.parent / "cdgan-dvc-remote")
+
+
+def test_push_then_pull_in_a_fresh_clone_gives_the_same_outputs(dvc_repo: Path, tmp_path: Path) -> None:
+    # given a copy of the reproduced project, committed, with a local remote as the project's default
+    project = shutil.copytree(dvc_repo, tmp_path / "project", symlinks=True)
+    run(["dvc", "remote", "add", "-d", "local", str(tmp_path / "remote")], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "outputs and remote"], project)
+
+    # when it pushes, and a fresh clone pulls
+    run(["dvc", "push"], project)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    run(["dvc", "pull"], clone)
+
+    # then the clone has every output byte for byte, and nothing to reproduce
+    for out in ("data/prepared/dataset.npz", "data/prepared/classifier.pt", "models/generator.pt", "models/energy.pt"):
+        assert (clone / out).read_bytes() == (project / out).read_bytes(), out
+    status = run(["dvc", "status", "--json"], clone).stdout
+    assert json.loads(status) == {}, f"a pulled clone should be up to date: {status}"
+
+
 def test_metrics_have_fid_and_the_mlflow_run_id(dvc_repo: Path, dvc_paths: Paths) -> None:
     evaluation = json.loads(dvc_paths.eval_metrics.read_text())
     assert np.isfinite(evaluation["fid"]) and evaluation["fid"] >= 0

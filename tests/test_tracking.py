@@ -64,6 +64,34 @@ def test_lineage_outside_git_says_unknown(tmp_path: Path) -> None:
     assert tracking.lineage_tags(tmp_path) == {"git_commit": "unknown"}
 
 
+def test_inside_a_dvc_experiment_the_store_and_resume_dir_are_the_project_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given the copy `dvc exp run --queue` runs an experiment in, and the variables DVC sets for its stages
+    project = tmp_path / "project"
+    copy = project / ".dvc" / "tmp" / "exps" / "standalone" / "tmp1234"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    monkeypatch.setenv("DVC_EXP_NAME", "brave-shoe")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)
+    monkeypatch.chdir(tmp_path)
+    paths = Paths(copy)
+
+    # then outputs stay in the copy (DVC commits them), what outlives the run goes to the project
+    assert paths.generator == copy / "models" / "generator.pt"
+    assert paths.mlruns == project / "mlruns" and paths.resume == project / ".cdgan" / "resume"
+    assert tracking.tracking_uri(paths) == f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    # and its runs and versions name the experiment
+    tags = tracking.lineage_tags(copy)
+    assert tags["dvc_exp_name"] == "brave-shoe" and tags["dvc_exp_baseline_rev"] == "0" * 40
+
+    # while a plain `dvc repro` (DVC_ROOT, no experiment) keeps everything under the stage's root
+    monkeypatch.delenv("DVC_EXP_NAME")
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV")
+    assert Paths(copy).mlruns == copy / "mlruns" and Paths(copy).resume == copy / ".cdgan" / "resume"
+    assert not {"dvc_exp_name", "dvc_exp_baseline_rev"} & set(tracking.lineage_tags(copy))
+
+
 def test_a_bad_metric_is_a_bug_and_raises_not_buffered(
     tiny_params: Params, mlflow_uri: str, tmp_path: Path, _keeps_tracking_uri: None
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import posixpath
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Literal
 
@@ -193,11 +193,29 @@ with warnings.catch_warnings():
         register: RegisterParams = RegisterParams()
 
 
+def _experiment_project() -> Path | None:
+    """The project a DVC experiment belongs to, or None outside one.
+
+    `dvc exp run` sets DVC_EXP_NAME, and DVC_ROOT to the project's root, also when the experiment runs in a
+    copy of it (--queue, --temp: .dvc/tmp/exps/...), where the working directory is the copy.
+    """
+    if os.environ.get("DVC_EXP_NAME") and os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"])
+    return None
+
+
 @dataclass(frozen=True)
 class Paths:
-    """Where every stage reads and writes, relative to `root` (the project directory)."""
+    """Where every stage reads and writes: outputs relative to `root` (the project directory, or the copy a
+    DVC experiment runs in), what outlives a run (the MLflow store, resume checkpoints) under `project`."""
 
     root: Path = Path()
+    project: Path | None = field(default_factory=_experiment_project)  # None: `root`; DVC_ROOT in an experiment
+
+    @property
+    def home(self) -> Path:
+        """The project itself: stores here are shared by every run, and DVC never deletes them."""
+        return self.root if self.project is None else self.project
 
     @property
     def prepared(self) -> Path:
@@ -235,7 +253,7 @@ class Paths:
     @property
     def resume(self) -> Path:
         """In-progress checkpoints, one per (params, data) key; outside DVC's outputs so a rerun finds them."""
-        return self.root / ".cdgan" / "resume"
+        return self.home / ".cdgan" / "resume"
 
     @property
     def metrics(self) -> Path:
@@ -263,7 +281,7 @@ class Paths:
 
     @property
     def mlruns(self) -> Path:
-        return self.root / "mlruns"
+        return self.home / "mlruns"
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:

@@ -43,6 +43,7 @@ END_RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # the run's end is tried longer: it is 
 OFFLINE_SECONDS = 30.0  # after a log call failed for good, later ones go straight to the pending file this long
 PENDING_DIR = "pending"  # under mlruns/: <run id>.jsonl (and <run id>/ for artifacts) the store did not take yet
 HTTP_RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"  # MLflow's retries inside each call: 7, minutes in all
+EXPERIMENT_TAGS = {"dvc_exp_name": "DVC_EXP_NAME", "dvc_exp_baseline_rev": "DVC_EXP_BASELINE_REV"}  # set by dvc exp run
 LOCK_SECONDS = 300.0  # waiting longer for a store lock means a stuck process: fail with its path
 _log = logging.getLogger(__name__)
 
@@ -141,6 +142,10 @@ def flat_params(params: Params) -> dict[str, Any]:
 def lineage_tags(root: Path) -> dict[str, str]:
     """git_commit, git_dirty and dvc_lock_sha256 of the project at `root`, as the running stage finds it.
 
+    Inside `dvc exp run` the commit is the experiment's baseline and params.yaml differs from it (git_dirty
+    "true"); the tags dvc_exp_name and dvc_exp_baseline_rev name the experiment, which DVC commits only after
+    its last stage.
+
     git_dirty is "true" when files the commit holds, or new files, differ from it; what `dvc repro` writes
     (dvc.lock, metrics/, plots/, the .gitignore files of outputs) does not count, or every run would call
     itself dirty. dvc.lock is hashed as the stage starts: DVC writes a stage's own entry after the stage ends,
@@ -163,6 +168,9 @@ def lineage_tags(root: Path) -> dict[str, str]:
     lock = root / "dvc.lock"
     if lock.exists():
         tags["dvc_lock_sha256"] = hashlib.sha256(lock.read_bytes()).hexdigest()
+    for tag, env in EXPERIMENT_TAGS.items():  # `dvc exp apply <dvc_exp_name>` brings that experiment back
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
     return tags
 
 
