@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
+import importlib.metadata
 import io
 import os
 import signal
@@ -26,6 +28,7 @@ from cdgan import registry
 from cdgan.models import build_models
 from cdgan.params import ModelParams, SampleParams
 from tests.conftest import BIN, run
+from tests.test_dvc_yaml import import_closure, module_file
 
 IMAGE_SHAPE = (1, 8, 8)
 START_SECONDS = 180  # a server imports mlflow and torch first: ~30 s on a busy 2-core machine
@@ -169,3 +172,58 @@ def test_a_fresh_process_loads_the_champion_by_alias(image_model: str, mlflow_ur
     shape, digest = result.stdout.strip().splitlines()[-1].rsplit(" ", 1)
     assert shape == str((3, *IMAGE_SHAPE))
     assert digest == hashlib.sha256(x.tobytes()).hexdigest(), "a fresh process drew other samples"
+
+
+def _third_party_imports(module: str) -> set[str]:
+    """Top-level names of the modules outside cdgan and the standard library that `module` imports."""
+    tree = ast.parse(module_file(module).read_text())
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 0}
+    tops = {name.split(".")[0] for name in names if name}
+    return {top for top in tops if top != "cdgan" and top not in sys.stdlib_module_names and top != "__future__"}
+
+
+def test_the_model_s_requirements_name_every_package_its_code_imports_pinned(image_model: str) -> None:
+    # given the distributions behind every module that the cdgan code a loaded model runs imports
+    owners = importlib.metadata.packages_distributions()
+    imported = {top for module in import_closure("cdgan.registry") for top in _third_party_imports(module)}
+
+    # when the logged model's requirements are read
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(image_model)).read_text().split()
+    pinned = dict(line.split("==") for line in requirements)
+
+    # then they name every package the code imports (mlflow's modules come in mlflow, mlflow-skinny and
+    # mlflow-tracing: one will do), each pinned to the installed version, and not cdgan (no index has it)
+    missing = {top for top in imported if not {d.lower() for d in owners[top]} & {n.lower() for n in pinned}}
+    assert not missing, f"the model imports {sorted(missing)} but its requirements do not name them"
+    assert pinned["torch"] == importlib.metadata.version("torch")
+    assert all(pinned[name] == importlib.metadata.version(name) for name in pinned)
+    assert not any(line.startswith("cdgan") for line in requirements), requirements
+
+
+def test_the_model_loads_where_cdgan_is_not_installed(image_model: str, mlflow_uri: str, tmp_path: Path) -> None:
+    # given the samples an in-process load draws
+    x = mlflow.pyfunc.load_model(image_model).predict(pd.DataFrame({"n": [3], "seed": [0]}))
+
+    # when an isolated interpreter (-I: no PYTHONPATH, no user site) drops every sys.path entry that holds
+    # cdgan (the editable install's src/) and then loads the model by alias
+    code = (
+        "import hashlib, importlib.util, sys\n"
+        "from pathlib import Path\n"
+        "sys.path = [p for p in sys.path if not (Path(p or '.') / 'cdgan' / '__init__.py').exists()]\n"
+        "assert importlib.util.find_spec('cdgan') is None, 'cdgan is still importable'\n"
+        "import mlflow, pandas as pd\n"
+        "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
+        "x = model.predict(pd.DataFrame({'n': [3], 'seed': [0]}))\n"
+        "import cdgan\n"
+        "print(Path(cdgan.__file__).parent.parent.name)\n"
+        "print(x.shape, hashlib.sha256(x.tobytes()).hexdigest())\n"
+    )
+    result = run([sys.executable, "-I", "-c", code, image_model], tmp_path, env={"MLFLOW_TRACKING_URI": mlflow_uri})
+
+    # then cdgan came from the model's own code/ folder, and it draws the same samples
+    where, last = result.stdout.strip().splitlines()[-2:]
+    assert where == "code", f"cdgan was imported from {where}, not the model's code/"
+    shape, digest = last.rsplit(" ", 1)
+    assert shape == str((3, *IMAGE_SHAPE))
+    assert digest == hashlib.sha256(x.tobytes()).hexdigest(), "the model's own code drew other samples"

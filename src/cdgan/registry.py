@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,13 +119,29 @@ def _png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+# Distributions whose modules the logged model imports when it loads: cdgan.registry and the cdgan modules it
+# imports (tests/test_serving.py derives that set from the imports and checks it against this list).
+SERVING_DISTRIBUTIONS = ("mlflow", "torch", "numpy", "pandas", "pillow", "pydantic", "pyyaml", "requests", "filelock")
+
+
+def serving_requirements() -> list[str]:
+    """pip requirements of the logged model: SERVING_DISTRIBUTIONS pinned to the versions installed here."""
+    return [f"{name}=={importlib.metadata.version(name)}" for name in SERVING_DISTRIBUTIONS]
+
+
 def log_sampler(bundle_path: Path, params: dict[str, Any] | None = None, picture: Path | None = None) -> str:
     """Log the pyfunc sampler into the active run; returns its model URI.
 
     `params` (flat params.yaml keys, as the logging stage read them) go into the MLmodel file's metadata
     under `cdgan_params`, and `picture` (the evaluation's sample grid) into the model's artifacts as
-    `samples_png`, so both travel with every version registered from it. The sampler class itself is
-    imported from the installed `cdgan` package wherever the model is loaded (no code is copied).
+    `samples_png`, so both travel with every version registered from it.
+
+    The model carries its own code: the cdgan package's source as it is now goes in under code/cdgan/, which
+    MLflow puts first on sys.path when it loads the model, so a fresh process loads it where cdgan is not
+    installed, and samples with the code that logged it where another cdgan is (a process that imported
+    cdgan already keeps its own). Its requirements are the packages that code imports, pinned to the
+    installed versions (`serving_requirements`), so `mlflow models serve
+    --env-manager virtualenv` or `mlflow models build-docker` builds an environment that can load it.
     """
     example = pd.DataFrame({"n": [2], "seed": [0]})
     data_shape = load_bundle(bundle_path).generator.data_shape
@@ -132,16 +151,21 @@ def log_sampler(bundle_path: Path, params: dict[str, Any] | None = None, picture
         params=ParamSchema([ParamSpec("format", "string", FORMATS[0])]),
     )
     artifacts = {"bundle": str(bundle_path)} | ({"samples_png": str(picture)} if picture is not None else {})
-    info = retried(
-        lambda: mlflow.pyfunc.log_model(
-            name="sampler",
-            python_model=Sampler(),
-            artifacts=artifacts,
-            signature=signature,
-            input_example=example,
-            metadata={"cdgan_params": params} if params else None,
+    with tempfile.TemporaryDirectory() as tmp:
+        code = Path(tmp) / "cdgan"  # a copy without __pycache__: compiled files of this Python only
+        shutil.copytree(Path(__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__"))
+        info = retried(
+            lambda: mlflow.pyfunc.log_model(
+                name="sampler",
+                python_model=Sampler(),
+                artifacts=artifacts,
+                signature=signature,
+                input_example=example,
+                metadata={"cdgan_params": params} if params else None,
+                code_paths=[str(code)],
+                pip_requirements=serving_requirements(),
+            )
         )
-    )
     return info.model_uri
 
 
