@@ -474,3 +474,20 @@ def test_ema_decay_warms_up_from_the_first_updates() -> None:
     # then its weights follow the warmed-up recursion, not a fixed 0.999 (which would stay near the start)
     for e, a in zip(expected, ema.module.parameters(), strict=True):
         assert torch.allclose(a, e, atol=1e-6)
+
+
+def test_ema_copies_batchnorm_counts_and_averages_its_statistics() -> None:
+    # given a conv generator (BatchNorm: float running statistics and an integer batch count)
+    torch.manual_seed(0)
+    generator, _ = build_models(ModelParams(z_dim=4, channels=4), (1, 8, 8))
+    ema = AveragedModel(generator, multi_avg_fn=ema_with_warmup(0.999), use_buffers=True)
+    ema.update_parameters(generator)
+    # when the generator runs a batch in training mode (moving its statistics) and the EMA follows
+    generator(torch.randn(8, 4))
+    ema.update_parameters(generator)
+    # then the count is copied and the running means are averaged (decay 2/11 after one update)
+    buffers, averaged = dict(generator.named_buffers()), dict(ema.module.named_buffers())
+    count = next(k for k in buffers if k.endswith("num_batches_tracked"))
+    assert averaged[count].dtype == torch.long and torch.equal(averaged[count], buffers[count])
+    mean = next(k for k in buffers if k.endswith("running_mean"))
+    assert torch.allclose(averaged[mean], (1 - 2 / 11) * buffers[mean], atol=1e-6)  # from zeros

@@ -75,11 +75,15 @@ def ema_with_warmup(decay: float) -> Callable[[list[Tensor], list[Tensor], Tenso
     ExponentialMovingAverage with num_updates. A fixed 0.999 would keep 0.999^2000 = 13.5 % of the random
     initial weights in the sampling generator after a 2000-step run (digits FID ~100 instead of ~10)."""
 
+    @torch.no_grad()
     def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
         # a 0-dim tensor on the parameters' device: no host sync per step
         weight = 1 - torch.clamp((1 + num_averaged) / (10 + num_averaged), max=decay)
         for avg, cur in zip(averaged, current, strict=True):
-            avg.lerp_(cur, weight.to(avg.dtype))
+            if avg.is_floating_point():
+                avg.lerp_(cur, weight.to(avg.dtype))
+            else:  # BatchNorm's num_batches_tracked: a count, not averaged
+                avg.copy_(cur)
 
     return update
 
