@@ -5,10 +5,10 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup run test test-fast test-slow lint format bench serve clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[dev]'
+	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev]'  # the versions the tests passed with
 	touch $@
 
 setup: $(VENV)/.installed  ## create .venv and install cdgan with its tools
