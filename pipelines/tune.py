@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import psutil  # comes with dvc
+import psutil
 import yaml
 from mlflow.tracking import MlflowClient
 from optuna.distributions import (
@@ -61,6 +61,7 @@ OWNER_ATTR = "cdgan.owner"  # host:pid of the flow that asked the trial: a RUNNI
 REQUEUED_ATTR = "cdgan.requeued_from"
 STUDY_ATTR = "cdgan.study"  # the space and objective a study was created with; a resume must match them
 TRIAL_TAG = "cdgan.tune_trial"  # on the trial's MLflow run: its Optuna trial number
+STATE_TAG = "cdgan.tune_state"  # on a pruned trial's MLflow run: PRUNED
 
 
 def default_storage(project: Path) -> str:
@@ -146,15 +147,26 @@ def score_history(
     client: MlflowClient, experiment_id: str, parent_id: str, number: int, key: str
 ) -> Callable[[], list[tuple[int, float]]]:
     """A reader of the trial's logged score history, [(step, value), ...] of `key` in its child MLflow run."""
-    query = f"tags.mlflow.parentRunId = '{parent_id}' and tags.`{TRIAL_TAG}` = '{number}'"
 
     def read() -> list[tuple[int, float]]:
-        runs = client.search_runs([experiment_id], query, max_results=1)
+        runs = client.search_runs([experiment_id], _trial_query(parent_id, number), max_results=1)
         if not runs:  # the train stage has not opened its run yet
             return []
         return sorted((m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, key))
 
     return read
+
+
+def _trial_query(parent_id: str, number: int) -> str:
+    return f"tags.mlflow.parentRunId = '{parent_id}' and tags.`{TRIAL_TAG}` = '{number}'"
+
+
+def _mark_pruned(client: MlflowClient, experiment_id: str, parent_id: str, number: int) -> None:
+    """Tag the pruned trial's MLflow run; its stage ends it FAILED on SIGINT, this ends it KILLED if it could not."""
+    for run in client.search_runs([experiment_id], _trial_query(parent_id, number), max_results=1):
+        client.set_tag(run.info.run_id, STATE_TAG, TrialState.PRUNED.name)
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "KILLED")
 
 
 def watch(proc: subprocess.Popen, trial: optuna.Trial, history: Callable[[], list[tuple[int, float]]]) -> bool:
@@ -223,7 +235,8 @@ def tune_trial(
     tail: deque[str] = deque(maxlen=flows.TAIL_LINES)
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     parent_id = env[tracking.PARENT_RUN_ENV]
-    history = score_history(client, client.get_run(parent_id).info.experiment_id, parent_id, trial.number, history_key)
+    experiment_id = client.get_run(parent_id).info.experiment_id  # trial runs open in their parent's experiment
+    history = score_history(client, experiment_id, parent_id, trial.number, history_key)
     with subprocess.Popen(
         cmd,
         cwd=workspace,
@@ -238,6 +251,7 @@ def tune_trial(
         reader.join()
     if is_pruned:
         logger.info("trial %d pruned: its %s fell behind the earlier trials'", trial.number, history_key)
+        _mark_pruned(client, experiment_id, parent_id, trial.number)
         return trial.study.tell(trial, state=TrialState.PRUNED)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed in {workspace} (exit {proc.returncode}):\n{''.join(tail)}")
@@ -292,6 +306,8 @@ def cdgan_tune(
     """
     logger = get_run_logger()
     project = Path(project_dir).resolve()
+    if not (project / "dvc.yaml").is_file():
+        raise CdganError(f"{project / 'dvc.yaml'} not found: cdgan-tune runs the pipeline of a project directory")
     raw = flows._with_overrides(read_params_yaml(project / params_path), base or {})
     params = parse_params(raw, str(params_path))
     distributions = read_space(project / space, raw)

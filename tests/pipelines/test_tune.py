@@ -3,8 +3,10 @@ storage in SQLite."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,18 +19,19 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from prefect.flows import load_flow_from_entrypoint
 
 from cdgan.errors import CdganError
-from cdgan.params import parse_params
+from cdgan.params import parse_params, read_params_yaml
 from pipelines import tune
-from tests.conftest import make_project, tiny_raw
+from tests.conftest import REPO, make_project, tiny_raw
 
 LR = {"type": "float", "low": 1.0e-4, "high": 1.0e-3, "log": True}
 
 
-def tune_project(root: Path, space: dict, **sections: dict) -> Path:
-    """A tiny project (tests.conftest.TINY params, digits) with the search space in space.yaml."""
-    project = make_project(root, tiny_raw(**sections))
+def tune_project(root: Path, space: dict, raw: dict | None = None) -> Path:
+    """A project with `raw` params (default: tests.conftest.TINY, digits) and the search space in space.yaml."""
+    project = make_project(root, raw or tiny_raw())
     (project / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
     return project
 
@@ -37,6 +40,16 @@ def child_runs(parent_id: str) -> list:
     client = MlflowClient()
     experiment_id = client.get_run(parent_id).info.experiment_id
     return client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+def digits_experiment(mlflow_uri: str) -> str:
+    """The id of cdgan-digits, the experiment of digits runs, made as tracking makes it (artifacts by the store)."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("cdgan-digits")
+    if experiment is not None:
+        return experiment.experiment_id
+    artifacts = Path(mlflow_uri.removeprefix("sqlite:///")).parent / "artifacts"
+    return client.create_experiment("cdgan-digits", artifact_location=artifacts.resolve().as_uri())
 
 
 def tune_parents(name: str) -> list:
@@ -116,8 +129,12 @@ def test_study_writes_the_best_preset_and_a_resumed_study_adds_trials(tmp_path: 
     ids=["unknown-key", "low-above-high", "unknown-type", "out-of-bounds", "two-problems"],
 )
 def test_bad_space_fails_with_one_error_before_any_trial(tmp_path: Path, space: dict, problems: list[str]) -> None:
-    # given a project whose search space has problems
-    project = tune_project(tmp_path / "project", space)
+    # given a project whose search space has problems (validation needs no git or DVC repository)
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(REPO / "dvc.yaml", project / "dvc.yaml")
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_raw(), sort_keys=False))
+    (project / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
 
     # when the flow runs, then one CdganError names every problem
     with pytest.raises(CdganError) as caught:
@@ -174,18 +191,18 @@ def test_prune_decision_is_taken_from_the_logged_history(
 @pytest.mark.usefixtures("prefect_harness")
 def test_pruned_trial_stops_its_pipeline_and_is_recorded_pruned(tmp_path: Path, mlflow_uri: str) -> None:
     # given a trial whose training would take long, under a pruner forced to prune any FID
-    project = make_project(tmp_path / "project", tiny_raw(train={"steps": 5000, "eval_every": 10}))
+    raw = tiny_raw(train={"steps": 1000, "eval_every": 10})
+    project = make_project(tmp_path / "project", raw)
     study = forced_study(tmp_path, upper=0.0)
     trial = study.ask()
     client = MlflowClient()
-    experiment_id = client.create_experiment(f"tune-pipeline-{uuid4().hex[:8]}")
+    experiment_id = digits_experiment(mlflow_uri)  # where the trial's stage opens its run, beside its parent
     parent = client.create_run(experiment_id).info.run_id
     env = {"MLFLOW_TRACKING_URI": mlflow_uri, "CDGAN_PARENT_RUN_ID": parent, "OMP_NUM_THREADS": "1"}
 
     # when the trial task runs its pipeline
     workspace = tmp_path / "trial"
-    finished = tune.tune_trial(project, workspace, tiny_raw(train={"steps": 5000, "eval_every": 10}), env, trial,
-                               "train/fid", True)  # fmt: skip
+    finished = tune.tune_trial(project, workspace, raw, env, trial, "train/fid", True)
 
     # then it was pruned on the FID its training logged, the pipeline stopped before evaluate, and Optuna says PRUNED
     assert finished.state == TrialState.PRUNED and study.trials[0].state == TrialState.PRUNED
@@ -193,5 +210,24 @@ def test_pruned_trial_stops_its_pipeline_and_is_recorded_pruned(tmp_path: Path, 
     logged = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "train/fid")}
     assert finished.intermediate_values and finished.intermediate_values.items() <= logged.items()
     assert child.info.status != "RUNNING", "the stopped stage ended its MLflow run"
+    assert child.data.tags[tune.STATE_TAG] == "PRUNED"
     assert not (workspace / "metrics" / "eval.json").exists()
     assert not (workspace / "models" / "generator.pt").exists(), "training was stopped before its end"
+
+
+def test_tune_deployment_loads_the_flow_with_its_parameters_and_a_valid_space() -> None:
+    # given the tuning deployments of prefect.yaml
+    deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    tuning = [d for d in deployments if d["entrypoint"].startswith("pipelines/tune.py:")]
+    assert tuning, "prefect.yaml deploys cdgan-tune"
+    for deployment in tuning:
+        # when Prefect loads the entrypoint as a deployment run does (the script by its path)
+        path, _, name = deployment["entrypoint"].partition(":")
+        loaded = load_flow_from_entrypoint(f"{REPO / path}:{name}")
+
+        # then it is cdgan-tune, takes those parameters, and the space they name is valid on params.yaml
+        assert loaded.name == "cdgan-tune"
+        assert set(deployment["parameters"]) <= set(inspect.signature(loaded.fn).parameters), deployment
+        loaded.validate_parameters(deployment["parameters"])
+        space = tune.read_space(REPO / deployment["parameters"]["space"], read_params_yaml(REPO / "params.yaml"))
+        assert space, deployment["parameters"]["space"]
