@@ -4,6 +4,7 @@ each a full `dvc repro` in its own workspace, on local threads or a Dask cluster
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
 import json
 import os
@@ -248,7 +249,10 @@ def cdgan_sweep(
             )
             for t, w in zip(trials, workspaces, strict=True)
         ]
-        rows = [t | _numeric(f.result()) for t, f in zip(trials, futures, strict=True)]
+        rows = [
+            t | _numeric(f.result()) | {"seconds_to_target": seconds_to_target(Paths(w), f.result())}
+            for t, f, w in zip(trials, futures, workspaces, strict=True)
+        ]
         for t, workspace in zip(trials, workspaces, strict=True):  # the pictures beside the table
             (project / "reports" / name).mkdir(parents=True, exist_ok=True)
             shutil.copy(
@@ -262,13 +266,29 @@ def cdgan_sweep(
     return rows
 
 
+def seconds_to_target(paths: Paths, evaluation: dict[str, Any]) -> float:
+    """Seconds of training until the score history first reaches the target: for images an FID at or below the
+    Gaussian-mixture baseline's (`fid_gmm`), for 2-D data all but one mode covered (`modes_floor` - 1). The
+    history is raw G(z) every `train.eval_every` steps; seconds are steps x the run's mean seconds per step
+    (scoring included). NaN when the run never reached it."""
+    train = read_json(paths.train_metrics)
+    per_step = train["train_seconds"] / train["steps"]
+    with (paths.train_plots / "scores.csv").open() as f:
+        history = list(csv.DictReader(f))
+    if "fid_gmm" in evaluation:
+        hits = [r for r in history if r.get("fid") and float(r["fid"]) <= evaluation["fid_gmm"]]
+    else:
+        hits = [r for r in history if r.get("modes") and float(r["modes"]) >= evaluation["modes_floor"] - 1]
+    return int(hits[0]["step"]) * per_step if hits else float("nan")
+
+
 def _write_report(
     out: Path, name: str, rows: list[dict[str, Any]], group_by: list[str], params: Params, trials: list[str]
 ) -> str:
     # the model's figures, then their reference points (real-data floor, Gaussian-mixture baseline)
     image_metrics = ["fid", "fid_raw", "kid", "recall", "coverage", "modes", "kl", "fid_floor", "fid_gmm", "kl_floor"]
     point_metrics = ["modes", "hq_frac", "spread", "mmd", "modes_raw", "spread_raw", "mmd_raw", "mmd_floor"]
-    metrics = image_metrics if params.data.is_image else point_metrics
+    metrics = [*(image_metrics if params.data.is_image else point_metrics), "seconds_to_target"]
     metrics = [m for m in metrics if any(m in row for row in rows)]
     summary = summarize(rows, group_by, metrics)
     write_csv(out / f"{name}_runs.csv", rows)
@@ -276,7 +296,9 @@ def _write_report(
     seeds = sorted({str(row.get("train.seed", params.train.seed)) for row in rows})  # the grid's, or the one seed
     markdown = (
         f"# {name}\n\nData set `{params.data.dataset}`, {len(rows)} runs, train seeds {', '.join(seeds)}; "
-        f"mean ± std over runs sharing the other params.\n\n"
+        f"mean ± std over runs sharing the other params. Reference points: `*_floor` (real data scored the same "
+        f"way), `fid_gmm` (a Gaussian mixture fitted to the training pixels); `seconds_to_target`: training "
+        f"seconds until the FID history reaches `fid_gmm` (2-D: all but one mode), NaN if never.\n\n"
         + to_markdown(summary, group_by, metrics)
         + "\n## Samples (model output)\n\n"
         + "".join(f"{trial}\n\n![{trial}]({name}/{trial}.png)\n\n" for trial in trials)

@@ -14,6 +14,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import TaskRun
 
 from cdgan.errors import CdganError
+from cdgan.params import Paths
 from pipelines import flows
 from tests.conftest import REPO, make_project, run, tiny_raw
 
@@ -134,3 +135,28 @@ def test_pipeline_overrides_are_validated_then_written_to_params_yaml(tmp_path: 
     # and a missing params file is one clear error too
     with pytest.raises(CdganError, match=r"absent\.yaml: params file not found"):
         flows.cdgan_pipeline(params_path="absent.yaml", project_dir=str(project))
+
+
+@pytest.mark.parametrize(
+    ("history", "evaluation", "expected"),
+    [
+        # images: the first logged FID at or below the Gaussian mixture's, at 2 s a step (400 s / 200 steps)
+        ("step,fid\n50,30.0\n100,9.0\n150,7.5\n200,7.0\n", {"fid_gmm": 8.0}, 150 * 2.0),
+        ("step,fid\n50,30.0\n100,9.0\n", {"fid_gmm": 8.0}, float("nan")),
+        # 2-D data: all but one mode covered
+        ("step,modes,hq_frac\n50,20,0.1\n100,24,0.2\n", {"modes_floor": 25.0}, 100 * 2.0),
+    ],
+)
+def test_seconds_to_target_reads_the_score_history(
+    tmp_path: Path, history: str, evaluation: dict, expected: float
+) -> None:
+    # given a trial workspace's training summary and score history
+    paths = Paths(tmp_path)
+    paths.train_plots.mkdir(parents=True)
+    (paths.train_plots / "scores.csv").write_text(history)
+    paths.metrics.mkdir()
+    paths.train_metrics.write_text(json.dumps({"train_seconds": 400.0, "steps": 200}))
+    # when
+    seconds = flows.seconds_to_target(paths, evaluation)
+    # then
+    assert seconds == pytest.approx(expected, nan_ok=True)
