@@ -59,7 +59,7 @@ STOP_SECONDS = 30.0  # a pruned trial's `dvc repro` gets SIGINT (its MLflow run 
 PRUNE_AFTER_TRIALS = 3  # MedianPruner: no pruning until this many trials have finished
 OWNER_ATTR = "cdgan.owner"  # host:pid of the flow that asked the trial: a RUNNING trial whose pid is gone was killed
 REQUEUED_ATTR = "cdgan.requeued_from"
-STUDY_ATTR = "cdgan.study"  # the space and objective a study was created with; a resume must match them
+STUDY_ATTR = "cdgan.study"  # the space and data set a study was created with; a resume must match them
 TRIAL_TAG = "cdgan.tune_trial"  # on the trial's MLflow run: its Optuna trial number
 STATE_TAG = "cdgan.tune_state"  # on a pruned trial's MLflow run: PRUNED
 
