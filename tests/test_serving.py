@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from cdgan import registry
@@ -31,6 +32,7 @@ from tests.conftest import BIN, run
 from tests.test_dvc_yaml import import_closure, module_file
 
 IMAGE_SHAPE = (1, 8, 8)
+MODEL_METRICS = {"fid": 1.0, "kid": 0.25}  # what evaluation would have measured
 START_SECONDS = 180  # a server imports mlflow and torch first: ~30 s on a busy 2-core machine
 
 
@@ -90,7 +92,7 @@ def image_model(mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory) -> st
     )
     mlflow.set_experiment(f"serving-{uuid.uuid4().hex[:8]}")
     with mlflow.start_run():
-        model_uri = registry.log_sampler(bundle)
+        model_uri = registry.log_sampler(bundle, metrics=MODEL_METRICS)
     name = f"serve-{uuid.uuid4().hex[:8]}"
     registration = registry.register_version(model_uri, name, "fid", 1.0, True, {"dataset": "digits"}, 0.0)
     assert registration.alias == registry.CHAMPION
@@ -227,3 +229,17 @@ def test_the_model_loads_where_cdgan_is_not_installed(image_model: str, mlflow_u
     shape, digest = last.rsplit(" ", 1)
     assert shape == str((3, *IMAGE_SHAPE))
     assert digest == hashlib.sha256(x.tobytes()).hexdigest(), "the model's own code drew other samples"
+
+
+def test_evaluation_metrics_belong_to_the_logged_model_that_each_version_points_at(image_model: str) -> None:
+    # given the champion version, registered from a model logged with its evaluation's metrics
+    name = image_model.removeprefix("models:/").split("@")[0]
+    version = MlflowClient().get_model_version_by_alias(name, registry.CHAMPION)
+
+    # then its logged model (the version's source, models:/m-...) holds them as metrics, which MLflow 3's model
+    # pages show, not only as version tags
+    assert version.source.startswith("models:/m-"), version.source
+    model_id = version.source.removeprefix("models:/")
+    logged = mlflow.get_logged_model(model_id)
+    assert {metric.key: metric.value for metric in logged.metrics} == MODEL_METRICS
+    assert all(metric.model_id == model_id for metric in logged.metrics)

@@ -92,6 +92,32 @@ def test_inside_a_dvc_experiment_the_store_and_resume_dir_are_the_project_s(
     assert not {"dvc_exp_name", "dvc_exp_baseline_rev"} & set(tracking.lineage_tags(copy))
 
 
+def test_a_new_run_logs_its_training_data_as_a_dataset_input_once(
+    tiny_params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _keeps_tracking_uri: None
+) -> None:
+    # given prepared data in a project
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    paths = Paths(tmp_path / "project")
+    paths.prepared.mkdir(parents=True)
+    paths.dataset.write_bytes(b"the prepared data")
+
+    # when a training run starts, and a later stage continues it
+    with tracking.tracked_run(tiny_params, paths) as run_id:
+        pass
+    with tracking.tracked_run(tiny_params, paths, run_id):
+        pass
+
+    # then the prepared file is the run's one training input, with the file's sha256 as digest
+    inputs = MlflowClient().get_run(run_id).inputs.dataset_inputs
+    assert len(inputs) == 1, "a continued run must not log the data again"
+    dataset = inputs[0].dataset
+    assert dataset.name == tiny_params.data.dataset and dataset.source_type == "local"
+    assert hashlib.sha256(b"the prepared data").hexdigest().startswith(dataset.digest)
+    assert len(dataset.digest) == tracking.DATASET_DIGEST_CHARS
+    assert json.loads(dataset.source)["uri"] == paths.dataset.resolve().as_uri()
+    assert [tag.value for tag in inputs[0].tags if tag.key == "mlflow.data.context"] == ["training"]
+
+
 def test_a_bad_metric_is_a_bug_and_raises_not_buffered(
     tiny_params: Params, mlflow_uri: str, tmp_path: Path, _keeps_tracking_uri: None
 ) -> None:

@@ -129,12 +129,19 @@ def serving_requirements() -> list[str]:
     return [f"{name}=={importlib.metadata.version(name)}" for name in SERVING_DISTRIBUTIONS]
 
 
-def log_sampler(bundle_path: Path, params: dict[str, Any] | None = None, picture: Path | None = None) -> str:
+def log_sampler(
+    bundle_path: Path,
+    params: dict[str, Any] | None = None,
+    picture: Path | None = None,
+    metrics: dict[str, float] | None = None,
+) -> str:
     """Log the pyfunc sampler into the active run; returns its model URI.
 
     `params` (flat params.yaml keys, as the logging stage read them) go into the MLmodel file's metadata
     under `cdgan_params`, and `picture` (the evaluation's sample grid) into the model's artifacts as
-    `samples_png`, so both travel with every version registered from it.
+    `samples_png`, so both travel with every version registered from it. `metrics` (the evaluation's
+    numbers) become the logged model's metrics, MLflow 3's way: the model's page and every version
+    registered from it show them (they are logged into the run again, linked to the model).
 
     The model carries its own code: the cdgan package's source as it is now goes in under code/cdgan/, which
     MLflow puts first on sys.path when it loads the model, so a fresh process loads it where cdgan is not
@@ -166,6 +173,8 @@ def log_sampler(bundle_path: Path, params: dict[str, Any] | None = None, picture
                 pip_requirements=serving_requirements(),
             )
         )
+    if metrics:
+        retried(lambda: mlflow.log_metrics(metrics, model_id=info.model_id))
     return info.model_uri
 
 

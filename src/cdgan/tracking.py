@@ -26,6 +26,8 @@ from urllib.parse import urlparse
 import mlflow
 import requests
 from filelock import FileLock, Timeout
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -44,6 +46,7 @@ OFFLINE_SECONDS = 30.0  # after a log call failed for good, later ones go straig
 PENDING_DIR = "pending"  # under mlruns/: <run id>.jsonl (and <run id>/ for artifacts) the store did not take yet
 HTTP_RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"  # MLflow's retries inside each call: 7, minutes in all
 EXPERIMENT_TAGS = {"dvc_exp_name": "DVC_EXP_NAME", "dvc_exp_baseline_rev": "DVC_EXP_BASELINE_REV"}  # set by dvc exp run
+DATASET_DIGEST_CHARS = 16  # MLflow keeps at most 36 characters of a dataset digest
 LOCK_SECONDS = 300.0  # waiting longer for a store lock means a stuck process: fail with its path
 _log = logging.getLogger(__name__)
 
@@ -203,6 +206,8 @@ def sweep_run(params: Params, paths: Paths, name: str, sweep_params: dict[str, A
 def tracked_run(params: Params, paths: Paths, run_id: str | None = None) -> Iterator[str]:
     """Open the pipeline's run (new, or `run_id` to continue it); on any error it ends FAILED.
 
+    A new run logs params.yaml's values and the prepared data as its training dataset input.
+
     Every store call is tried again on transient errors (RETRY_DELAYS). Inside the block, metrics and
     artifacts the store cannot take wait in mlruns/pending/ (see `log_metrics`), and so does the run's end
     (FINISHED or FAILED, with its time) if the store is still down after END_RETRY_DELAYS: logging metrics and
@@ -226,8 +231,18 @@ def tracked_run(params: Params, paths: Paths, run_id: str | None = None) -> Iter
     with _open_run(paths, run_id):
         if is_new:
             retried(lambda: mlflow.log_params(flat_params(params)))
+            if paths.dataset.exists():  # the run's training data, in the UI's dataset column
+                dataset = training_dataset(paths.dataset, params.data.dataset)
+                retried(lambda: mlflow.log_input(dataset, context="training"))
         retried(lambda: mlflow.set_tags(lineage_tags(paths.root)))
         yield run_id
+
+
+def training_dataset(path: Path, name: str) -> MetaDataset:
+    """The prepared data as an MLflow dataset: its file, and as digest the first DATASET_DIGEST_CHARS hex digits
+    of the file's sha256 (the whole hash is the data_sha256 tag of a registered version)."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:DATASET_DIGEST_CHARS]
+    return MetaDataset(resolve_dataset_source(path.resolve().as_uri()), name=name, digest=digest)
 
 
 @contextmanager
