@@ -17,7 +17,7 @@ run: setup  ## the whole pipeline on the embedded digits data: prepare -> train 
 	dvc repro
 	dvc metrics show
 
-test: setup  ## what CI runs: ruff, then every test, slow ones too (2 CPU cores: ~13 min, + ~4 for the slow ones)
+test: setup  ## what CI runs: ruff, then every test, slow ones too (72 min on 2 cores shared at load 6, Dec 2026)
 	ruff check .
 	pytest
 
