@@ -17,7 +17,7 @@ run: setup  ## the whole pipeline on the embedded digits data: prepare -> train 
 	dvc repro
 	dvc metrics show
 
-test: setup  ## what CI runs: ruff, then every test, slow ones too (72 min on 2 cores shared at load 6, Dec 2026)
+test: setup  ## what CI runs: ruff, then every test, slow ones too (without them: 72 min on 2 shared cores at load 6)
 	ruff check .
 	pytest
 
