@@ -491,7 +491,8 @@ def _write_plots(study: optuna.Study, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for name, plot in plots.items():
-        with warnings.catch_warnings():
+        # rc_context: optuna's plots switch to its ggplot style, which must not reach this process's later pictures
+        with warnings.catch_warnings(), plt.rc_context():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             axes = plot(study)
         figure = axes.figure
