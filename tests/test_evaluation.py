@@ -299,3 +299,17 @@ def test_class_coverage_counts_modes_and_kl_to_uniform() -> None:
     assert uniform == {"modes": 10.0, "kl": pytest.approx(0.0, abs=1e-12)}
     collapsed = class_coverage(torch.zeros(30, dtype=torch.long), 10)
     assert collapsed["modes"] == 1.0 and collapsed["kl"] == pytest.approx(math.log(10))
+
+
+def test_register_logs_the_evaluation_on_the_logged_model(project: Paths) -> None:
+    # given the project's registered version (the fixture ran register after evaluate)
+    import mlflow
+
+    evaluation = json.loads(project.eval_metrics.read_text())
+    version = MlflowClient().get_model_version("cdgan-evaluate-test", "1")
+    # when its logged model (the version's source, models:/m-...) is read
+    logged = mlflow.get_logged_model(version.source.removeprefix("models:/"))
+    # then it holds every number of metrics/eval.json, reference points included
+    metrics = {metric.key: metric.value for metric in logged.metrics}
+    for key in ("fid", "fid_floor", "fid_gmm", "kl_floor"):
+        assert metrics[key] == pytest.approx(evaluation[key]), key

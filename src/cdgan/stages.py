@@ -337,14 +337,14 @@ def register(params: Params, paths: Paths, force: bool = False) -> RegisterResul
     data_sha256 = hashlib.sha256(paths.dataset.read_bytes()).hexdigest()
     comparable = {"dataset": evaluation["dataset"], "feature_extractor": evaluation["feature_extractor"],
                   "data_sha256": data_sha256}  # fmt: skip
-    scores = {key: str(value) for key, value in evaluation.items() if type(value) in (int, float)}
+    numbers = {key: float(value) for key, value in evaluation.items() if type(value) in (int, float)}
     name = params.register.model_name
     with tempfile.TemporaryDirectory() as tmp, tracking.tracked_run(params, paths, run_id):
         bundle = registry.save_bundle(
             Path(tmp) / "bundle.pt", params.model, real_shape, generator.state_dict(), energy.state_dict(), sampling
         )
-        model_uri = registry.log_sampler(bundle, tracking.flat_params(params), picture)
-        tags = scores | tracking.lineage_tags(paths.root) | {"mlflow_run_id": run_id}
+        model_uri = registry.log_sampler(bundle, tracking.flat_params(params), picture, numbers)
+        tags = {k: str(evaluation[k]) for k in numbers} | tracking.lineage_tags(paths.root) | {"mlflow_run_id": run_id}
         reg = registry.register_version(
             model_uri, name, metric, evaluation[metric], lower_is_better, comparable,
             params.register.min_improvement, force, tags,
