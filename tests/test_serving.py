@@ -8,11 +8,7 @@ import hashlib
 import importlib.metadata
 import io
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,52 +24,11 @@ from PIL import Image
 from cdgan import registry
 from cdgan.models import build_models
 from cdgan.params import ModelParams, SampleParams
-from tests.conftest import BIN, run
-from tests.test_dvc_yaml import import_closure, module_file
+from tests.conftest import BIN, free_port, run, start_server, stop_group
+from tests.imports import import_closure, module_file
 
 IMAGE_SHAPE = (1, 8, 8)
 MODEL_METRICS = {"fid": 1.0, "kid": 0.25}  # what evaluation would have measured
-START_SECONDS = 180  # a server imports mlflow and torch first: ~30 s on a busy 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(cmd: list[str], ready_url: str, env: dict[str, str], log: Path) -> subprocess.Popen:
-    """Start `cmd` in its own process group and wait until `ready_url` answers 200; stop it on failure."""
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True
-        )
-    deadline = time.monotonic() + START_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(ready_url, timeout=2).status_code == 200:
-                return process
-        except requests.RequestException:
-            pass  # not listening yet
-        if process.poll() is not None:
-            break
-        time.sleep(0.25)
-    stop_server(process)
-    raise AssertionError(f"{' '.join(cmd)} did not answer {ready_url}:\n{log.read_text()[-3000:]}")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    """Stop the server's whole process group (its workers too), even if the command itself already ended."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            continue
-        time.sleep(0.2)  # let workers of the group exit after their parent
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +63,11 @@ def served(image_model: str, mlflow_uri: str, tmp_path_factory: pytest.TempPathF
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     # the venv's bin on PATH, as an activated venv or `make` has it: the command execs `uvicorn` by name
     env = {"MLFLOW_TRACKING_URI": mlflow_uri, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    server = start_server(cmd, f"http://127.0.0.1:{port}/ping", env, log)
+    server = start_server(cmd, f"http://127.0.0.1:{port}/ping", log, {**os.environ, **env})
     try:
         yield f"http://127.0.0.1:{port}/invocations"
     finally:
-        stop_server(server)
+        stop_group(server)
 
 
 def _invoke(url: str, rows: list[list[int]], params: dict | None = None) -> requests.Response:

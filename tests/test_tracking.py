@@ -25,8 +25,7 @@ from sqlalchemy.engine import Engine
 
 from cdgan import tracking
 from cdgan.params import Params, Paths
-from tests.conftest import BIN, REPO, run
-from tests.test_serving import free_port, start_server, stop_server
+from tests.conftest import BIN, REPO, free_port, run, start_server, stop_group
 
 
 @pytest.fixture
@@ -174,11 +173,11 @@ class _Server:
     process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.process = start_server(self.cmd, f"{self.url}/health", self.env, self.log)
+        self.process = start_server(self.cmd, f"{self.url}/health", self.log, {**os.environ, **self.env})
 
     def stop(self) -> None:
         if self.process is not None:
-            stop_server(self.process)
+            stop_group(self.process)
 
 
 @pytest.fixture
