@@ -20,7 +20,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: `benchmarks`, `tests`, `pipelines`
 
 # name -> module under benchmarks/ with measure(quick) -> dict; cheap and self-contained ones first
-BENCHMARKS = ("frechet", "features", "sampling", "cd_cost", "stage_costs", "streaming", "throughput", "pipeline_overhead", "gpu")
+BENCHMARKS = (
+    "frechet",
+    "features",
+    "sampling",
+    "cd_cost",
+    "stage_costs",
+    "streaming",
+    "throughput",
+    "pipeline_overhead",
+    "gpu",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
