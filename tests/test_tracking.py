@@ -443,3 +443,20 @@ def test_processes_starting_runs_on_one_new_sqlite_store_at_once_all_succeed(tmp
     runs = [client.get_run(run_id) for run_id in run_ids]
     assert len(set(run_ids)) == 3 and len({r.info.experiment_id for r in runs}) == 1
     assert all(r.info.status == "FINISHED" and r.data.metrics == {"loss": 1.0} for r in runs)
+
+
+def test_a_run_is_continued_whatever_experiment_the_process_had_active(
+    tiny_params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _keeps_tracking_uri: None
+) -> None:
+    # given a pipeline run, and then another experiment made active in the process (as a notebook would)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    paths = Paths(tmp_path / "project")
+    with tracking.tracked_run(tiny_params, paths) as run_id:
+        pass
+    mlflow.set_experiment("something-else")
+    # when a later stage continues the run
+    with tracking.tracked_run(tiny_params, paths, run_id) as continued:
+        pass
+    # then it is the same run, ended FINISHED again
+    assert continued == run_id
+    assert MlflowClient().get_run(run_id).info.status == "FINISHED"

@@ -226,7 +226,9 @@ def tracked_run(params: Params, paths: Paths, run_id: str | None = None) -> Iter
                 parent_run_id=os.environ.get(PARENT_RUN_ENV) or None,
             )
         ).info.run_id
-    else:
+    else:  # MLflow refuses to continue a run outside the process's active experiment (a notebook's, a test's)
+        experiment_id = retried(lambda: mlflow.get_run(run_id)).info.experiment_id
+        retried(lambda: mlflow.set_experiment(experiment_id=experiment_id))
         retried(lambda: mlflow.start_run(run_id=run_id))
     with _open_run(paths, run_id):
         if is_new:
