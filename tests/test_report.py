@@ -72,3 +72,12 @@ def test_write_csv_takes_the_union_of_the_keys_and_leaves_missing_cells_empty(tm
 
 def test_write_csv_of_no_rows_is_a_header_only_file(tmp_path: Path) -> None:
     assert write_csv(tmp_path / "empty.csv", []).read_text().splitlines() == ["step"]
+
+
+def test_a_nan_value_makes_its_group_nan_instead_of_failing() -> None:
+    # given two runs of one group, one of which never reached its target (NaN seconds)
+    rows = [{"loss": "cd", "seconds_to_target": 50.0}, {"loss": "cd", "seconds_to_target": float("nan")}]
+    # when
+    (cd,) = summarize(rows, ["loss"], ["seconds_to_target"])
+    # then the group's figure is NaN (statistics.stdev raised on NaN before), not the mean of the runs that made it
+    assert cd["n"] == 2 and math.isnan(cd["seconds_to_target_mean"]) and math.isnan(cd["seconds_to_target_std"])

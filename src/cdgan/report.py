@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,8 @@ Row = dict[str, float | int | str]
 
 
 def summarize(rows: Sequence[Row], group_by: Sequence[str], metrics: Sequence[str]) -> list[Row]:
-    """One row per distinct value of `group_by`, in first-seen order: n, and `<metric>_mean`, `<metric>_std`."""
+    """One row per distinct value of `group_by`, in first-seen order: n, and `<metric>_mean`, `<metric>_std`
+    (mean NaN when no member has the metric; mean and std NaN when a member's value is NaN)."""
     groups: dict[tuple, list[Row]] = {}
     for row in rows:
         groups.setdefault(tuple(row[key] for key in group_by), []).append(row)
@@ -22,6 +24,9 @@ def summarize(rows: Sequence[Row], group_by: Sequence[str], metrics: Sequence[st
         out: Row = dict(zip(group_by, key, strict=True)) | {"n": len(members)}
         for metric in metrics:
             values = [float(m[metric]) for m in members if metric in m]
+            if any(math.isnan(v) for v in values):  # a run that never reached its target: no mean to speak of
+                out[f"{metric}_mean"] = out[f"{metric}_std"] = float("nan")
+                continue
             out[f"{metric}_mean"] = statistics.fmean(values) if values else float("nan")
             out[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         summary.append(out)
