@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from prdc import compute_prdc
 from sklearn.neighbors import NearestNeighbors
+from torch import nn
 from torchmetrics.image.inception import InceptionScore as TorchmetricsInceptionScore
+from torchmetrics.image.kid import KernelInceptionDistance
 
 from cdgan.metrics import (
     FID_EPS,
@@ -265,6 +268,23 @@ def test_kid_subsets_are_seeded() -> None:
     assert kernel_inception_distance(real, fake, 5, 50, seed=3) != kernel_inception_distance(real, fake, 5, 50, seed=4)
 
 
+@pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance` will save all extracted features")
+def test_kid_agrees_with_torchmetrics_kid_on_the_same_subsets() -> None:
+    # given features that torchmetrics' KID takes as they are (an identity "network") and its subsets drawn
+    # from the global RNG seeded as cdgan seeds its own generator: both then draw the same subsets in turn
+    real, fake = torch.randn(300, 12, dtype=torch.float64), torch.randn(250, 12, dtype=torch.float64) * 1.2 + 0.1
+    reference = KernelInceptionDistance(feature=nn.Identity(), subsets=7, subset_size=100)
+    reference.update(real, real=True)
+    reference.update(fake, real=False)
+    # when
+    torch.manual_seed(5)
+    expected_mean, expected_std = reference.compute()
+    kid, std = kernel_inception_distance(real, fake, subsets=7, subset_size=100, seed=5)
+    # then
+    assert kid == pytest.approx(float(expected_mean), rel=1e-12)
+    assert std == pytest.approx(float(expected_std), rel=1e-9)
+
+
 def test_kid_subset_larger_than_a_set_is_refused() -> None:
     with pytest.raises(ValueError, match="subset_size 11"):
         kernel_inception_distance(torch.randn(20, 3), torch.randn(10, 3), 2, 11, seed=0)
@@ -317,6 +337,24 @@ def test_precision_stays_high_and_recall_drops_when_fakes_cover_one_mode() -> No
     # then mode dropping shows as recall and coverage near one half, quality as precision near one
     assert pr["precision"] > 0.9 and 0.4 < pr["recall"] < 0.55, pr
     assert 0.4 < dc["coverage"] < 0.55, dc
+
+
+@pytest.mark.parametrize(("n_real", "n_fake", "k"), [(300, 300, 5), (500, 200, 3)])
+def test_precision_recall_density_coverage_agree_with_the_prdc_package(n_real: int, n_fake: int, k: int) -> None:
+    # given continuous features (no distance ties, where prdc's strict < and cdgan's closed balls could differ)
+    # from overlapping but different distributions, so no metric sits at 0 or 1
+    rng = np.random.default_rng(k)
+    real = rng.standard_normal((n_real, 10))
+    fake = rng.standard_normal((n_fake, 10)) * 1.3 + 0.4
+    # when
+    reference = compute_prdc(real, fake, nearest_k=k)
+    ours = precision_recall(torch.from_numpy(real), torch.from_numpy(fake), k) | density_coverage(
+        torch.from_numpy(real), torch.from_numpy(fake), k
+    )
+    # then every figure is the reference implementation's (Naeem et al.'s own code)
+    assert 0 < ours["precision"] < 1 and 0 < ours["recall"] < 1 and 0 < ours["coverage"] < 1, ours
+    for name in ("precision", "recall", "density", "coverage"):
+        assert ours[name] == pytest.approx(float(reference[name]), abs=1e-12), name
 
 
 def test_knn_needs_more_rows_than_k() -> None:
