@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from pytorch_fid.inception import InceptionV3 as PytorchFidInception
 from torchvision.models.inception import Inception3, InceptionA, InceptionC, InceptionE
 
 from cdgan.classifier import (
@@ -24,7 +25,7 @@ from cdgan.classifier import (
 )
 from cdgan.data import build_dataset, build_splits
 from cdgan.errors import CdganError
-from cdgan.params import DataParams
+from cdgan.params import DataParams, EvaluateParams
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +139,45 @@ def test_fid_inception_has_the_module_names_pytorch_fid_loads_its_weights_into(f
     reference = Inception3(num_classes=1008, aux_logits=False, init_weights=False)
     shapes = {key: value.shape for key, value in fid_inception.state_dict().items()}
     assert shapes == {key: value.shape for key, value in reference.state_dict().items()}
+
+
+def _pytorch_fid_pool3(weights: Path, torch_home: Path, monkeypatch: pytest.MonkeyPatch) -> torch.nn.Module:
+    """pytorch-fid's own network on `weights`: it gets its weights through torch.hub's cache, which reads a
+    file already there instead of fetching it."""
+    cache = torch_home / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / INCEPTION_URL.rsplit("/", 1)[1]).symlink_to(weights.resolve())
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    return PytorchFidInception([PytorchFidInception.BLOCK_INDEX_BY_DIM[INCEPTION_DIM]]).eval()
+
+
+def _assert_features_agree_with_pytorch_fid(weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ours, theirs = load_fid_inception(weights), _pytorch_fid_pool3(weights, tmp_path / "torch", monkeypatch)
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # pytorch-fid's range [0, 1]
+    with torch.no_grad():
+        features, _ = ours.embed(images * 2 - 1)  # cdgan's range [-1, 1]
+        reference = theirs(images)[0].flatten(1)
+    assert features.abs().max() > 0, "features must not all be zero, or the comparison says nothing"
+    torch.testing.assert_close(features, reference, rtol=1e-4, atol=1e-5 * float(reference.abs().max()))
+
+
+def test_fid_features_agree_with_pytorch_fid_on_the_same_weights(
+    fid_inception: FidInceptionV3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given pytorch-fid's network and cdgan's holding the same (random) weights: the real file cannot be
+    # fetched here, but the same weights through both networks test every layer, pool and resize between them
+    weights = tmp_path / "random_inception.pth"
+    torch.save(fid_inception.state_dict(), weights)
+    _assert_features_agree_with_pytorch_fid(weights, tmp_path, monkeypatch)
+
+
+def test_fid_features_agree_with_pytorch_fid_on_the_real_weights_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights = Path(EvaluateParams().inception_weights)  # params.yaml's default path, relative to the project
+    if not weights.is_file():
+        pytest.skip(f"{weights} not present (cdgan never downloads it); fetch {INCEPTION_URL} to run this test")
+    _assert_features_agree_with_pytorch_fid(weights, tmp_path, monkeypatch)
 
 
 def test_load_fid_inception_reads_a_local_weights_file_and_embeds_grey_images(
