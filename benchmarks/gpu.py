@@ -21,8 +21,7 @@ import torch
 from benchmarks.throughput import fit_arm, no_log, project_params
 from benchmarks.timing import interleaved, median, note
 
-from cdgan import stages
-from cdgan.data import build_dataset
+from cdgan.data import build_dataset, device_or_stream
 from cdgan.params import Params
 from cdgan.train import fit, init_state
 
@@ -76,7 +75,7 @@ def _host_syncs(params: Params, x: np.ndarray, device: torch.device, steps: int)
     """Host syncs of `steps` training steps, the last of them a log step, from CUDA's sync debug mode."""
     train = params.train.model_copy(update={"steps": 1 + steps, "log_every": 1 + steps})
     state = init_state(params.model, train, tuple(x.shape[1:]), device)
-    real = stages.device_or_stream(train, x, 0, device)
+    real = device_or_stream(train, x, 0, device)
     fit(state, real, train.model_copy(update={"steps": 1}), no_log)  # a first step outside: lazy set-up syncs
     torch.cuda.synchronize(device)
     with warnings.catch_warnings(record=True) as caught:

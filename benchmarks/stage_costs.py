@@ -34,7 +34,7 @@ from cdgan import stages, tracking
 from cdgan.data import load_dataset
 from cdgan.files import save_torch
 from cdgan.params import Params
-from cdgan.train import checkpoint_dict, fit, init_state
+from cdgan.train import RunMeta, checkpoint_dict, fit, init_state
 
 VALUES = {"loss_e": -0.2, "e_real": -0.4, "e_fake": -0.2, "loss_g": -0.2, "grad_norm_g": 0.5}  # what fit logs
 
@@ -110,7 +110,7 @@ def _tracking_costs(params: Params, root: Path, x_data: torch.Tensor, calls: int
     includes that thread's writes done within the timing."""
     paths = prepare_project(root / "project", params)
     state = init_state(params.model, params.train, tuple(x_data.shape[1:]), torch.device("cpu"))
-    meta = {"model": params.model.model_dump(), "train": params.train.model_dump(), "history": {"losses": []}}
+    meta = RunMeta(params.model, params.train, tuple(x_data.shape[1:]))
     checkpoint = root / "checkpoint.pt"
     arms: dict[str, Callable[[], Timing]] = {}
     with ExitStack() as stack:

@@ -19,9 +19,10 @@ from cdgan.data import (
     load_dataset,
     mode_centres,
     save_dataset,
+    streams,
 )
 from cdgan.errors import CdganError
-from cdgan.params import DataParams
+from cdgan.params import DataParams, TrainParams
 
 
 @pytest.fixture(scope="module")
@@ -305,3 +306,20 @@ def test_a_stream_started_at_batch_k_goes_on_as_one_that_drew_k_batches() -> Non
     from_start = _stream(x)
     drawn = [from_start.next() for _ in range(4)]
     assert torch.equal(_stream(x, start=3).next(), drawn[3])
+
+
+@pytest.mark.parametrize(
+    ("data_loading", "device", "mb", "expected"),
+    [
+        ("auto", "cpu", 10_000, False),  # host memory holds it already: a tensor on it is free
+        ("auto", "cuda", 100, False),
+        ("auto", "cuda", 3000, True),  # past device_data_mb (2048)
+        ("stream", "cpu", 1, True),
+        ("device", "cuda", 10_000, False),
+    ],
+)
+def test_batches_stream_when_asked_or_when_the_data_would_crowd_the_gpu(
+    data_loading: str, device: str, mb: int, expected: bool
+) -> None:
+    params = TrainParams(data_loading=data_loading)
+    assert streams(params, mb * 2**20, torch.device(device)) is expected

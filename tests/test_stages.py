@@ -1,4 +1,4 @@
-"""Stage functions as users run them: resume after a kill, divergence, device resolution."""
+"""Stage functions as users run them: resume after a kill, divergence."""
 
 from __future__ import annotations
 
@@ -13,12 +13,10 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from cdgan import stages
 from cdgan.errors import CdganError
-from cdgan.files import load_torch, save_torch
+from cdgan.files import load_torch
 from cdgan.params import Paths, parse_params
-from cdgan.stages import prepare, resolve_device, streams, train
-from cdgan.train import checkpoint_dict, init_state
+from cdgan.stages import prepare, train
 from tests.conftest import BIN, run, tiny_raw
 
 KILLABLE = {
@@ -100,42 +98,3 @@ def _run_ids(uri: str) -> set[str]:
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     return {r.info.run_id for r in client.search_runs(experiments, max_results=50_000)} if experiments else set()
-
-
-def test_a_checkpoint_written_with_other_params_is_refused_not_resumed(tmp_path: Path) -> None:
-    # given a resume checkpoint written by a run of the tiny params
-    params = parse_params(tiny_raw())
-    state = init_state(params.model, params.train, (1, 8, 8), torch.device("cpu"))
-    meta = {"model": params.model.model_dump(), "train": params.train.model_dump(), "mlflow_run_id": "r1"}
-    path = save_torch(tmp_path / "resume.pt", checkpoint_dict(state, meta))
-    assert stages._load_resumable(path, params)["meta"]["mlflow_run_id"] == "r1", "the same params resume"
-    assert stages._load_resumable(tmp_path / "absent.pt", params) is None, "no checkpoint: a fresh start"
-    # when the train or model params changed, then it is refused with the fix, never restored
-    for changed in (tiny_raw(train={"lr": 1e-3}), tiny_raw(model={"hidden": 16})):
-        with pytest.raises(CdganError, match=r"resume\.pt: checkpoint was written with other model/train params"):
-            stages._load_resumable(path, parse_params(changed))
-
-
-def test_device_auto_is_cuda_when_present_and_cuda_without_gpu_is_refused() -> None:
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert resolve_device("cpu").type == "cpu"
-    if not torch.cuda.is_available():
-        with pytest.raises(CdganError, match=r"train\.device=cuda"):
-            resolve_device("cuda")
-
-
-@pytest.mark.parametrize(
-    ("data_loading", "device", "mb", "expected"),
-    [
-        ("auto", "cpu", 10_000, False),  # host memory holds it already: a tensor on it is free
-        ("auto", "cuda", 100, False),
-        ("auto", "cuda", 3000, True),  # past device_data_mb (2048)
-        ("stream", "cpu", 1, True),
-        ("device", "cuda", 10_000, False),
-    ],
-)
-def test_batches_stream_when_asked_or_when_the_data_would_crowd_the_gpu(
-    data_loading: str, device: str, mb: int, expected: bool
-) -> None:
-    params = parse_params(tiny_raw(train={"data_loading": data_loading})).train
-    assert streams(params, mb * 2**20, torch.device(device)) is expected

@@ -14,11 +14,22 @@ from torch.optim.swa_utils import AveragedModel
 
 from cdgan.data import StreamedBatches, build_dataset
 from cdgan.errors import CdganError
-from cdgan.files import load_torch
+from cdgan.files import load_torch, save_torch
 from cdgan.losses import LOSSES
 from cdgan.models import build_models
 from cdgan.params import DataParams, ModelParams, TrainParams
-from cdgan.train import TrainState, checkpoint_dict, ema_with_warmup, energy_step, fit, init_state, restore_state
+from cdgan.train import (
+    RunMeta,
+    TrainState,
+    checkpoint_dict,
+    ema_with_warmup,
+    energy_step,
+    fit,
+    init_state,
+    load_resumable,
+    restore_state,
+    resume_key,
+)
 
 MODEL = ModelParams(z_dim=4, hidden=8, channels=4)
 CPU = torch.device("cpu")
@@ -229,11 +240,19 @@ def test_checkpoint_holds_everything_to_resume(tmp_path: Path) -> None:
     x = _points()
     path = tmp_path / "models" / "checkpoint.pt"
     # when
-    state = fit(_state(params, x), x, params, _no_log, checkpoint_path=path, meta={"loss": "cd"})
+    meta = RunMeta(MODEL, params, tuple(x.shape[1:]), "r1", {"losses": [{"step": 2, "loss_e": 0.5}], "scores": []})
+    state = fit(_state(params, x), x, params, _no_log, checkpoint_path=path, meta=meta)
     saved = load_torch(path, "checkpoint")  # weights_only: the checkpoint holds no arbitrary objects
     # then
     assert {"generator", "energy", "opt_g", "opt_e", "rng", "step", "meta"} <= set(saved)
-    assert saved["step"] == 4 and saved["meta"] == {"loss": "cd"}
+    assert saved["step"] == 4 and saved["meta"] == {
+        "model": MODEL.model_dump(),
+        "train": params.model_dump(),
+        "data_shape": [2],
+        "mlflow_run_id": "r1",
+        "history": {"losses": [{"step": 2, "loss_e": 0.5}], "scores": []},
+    }, "the meta is saved as plain data"
+    assert RunMeta.from_dict(saved["meta"]) == meta, "and read back as it was"
     for key, value in state.generator.state_dict().items():
         assert torch.equal(saved["generator"][key], value), key
     assert torch.equal(saved["rng"]["loop"], state.rng.get_state())
@@ -324,7 +343,7 @@ def test_without_ema_the_raw_generator_samples() -> None:
 def test_checkpoint_dict_without_ema() -> None:
     params = _train(ema=0.0)
     state = _state(params, _points())
-    assert checkpoint_dict(state, {})["ema"] is None
+    assert checkpoint_dict(state, None)["ema"] is None
 
 
 def test_resume_with_replay_buffer_and_regularisers_is_bitwise(tmp_path: Path, deterministic: None) -> None:
@@ -491,3 +510,26 @@ def test_ema_copies_batchnorm_counts_and_averages_its_statistics() -> None:
     assert averaged[count].dtype == torch.long and torch.equal(averaged[count], buffers[count])
     mean = next(k for k in buffers if k.endswith("running_mean"))
     assert torch.allclose(averaged[mean], (1 - 2 / 11) * buffers[mean], atol=1e-6)  # from zeros
+
+
+def test_a_checkpoint_written_with_other_params_is_refused_not_resumed(tmp_path: Path) -> None:
+    # given a resume checkpoint written by a run of these params
+    params = _train()
+    state = init_state(MODEL, params, (1, 8, 8), CPU)
+    path = save_torch(tmp_path / "resume.pt", checkpoint_dict(state, RunMeta(MODEL, params, (1, 8, 8), "r1")))
+    assert load_resumable(path, MODEL, params)["meta"]["mlflow_run_id"] == "r1", "the same params resume"
+    assert load_resumable(tmp_path / "absent.pt", MODEL, params) is None, "no checkpoint: a fresh start"
+    # when the train or model params changed, then it is refused with the fix, never restored
+    for model, train in ((MODEL, _train(lr=1e-3)), (MODEL.model_copy(update={"hidden": 16}), params)):
+        with pytest.raises(CdganError, match=r"resume\.pt: checkpoint was written with other model/train params"):
+            load_resumable(path, model, train)
+
+
+def test_the_resume_key_changes_with_the_params_and_the_data_only() -> None:
+    params = _train()
+    key = resume_key(MODEL, params, "a" * 64)
+    assert key == resume_key(MODEL, _train(), "a" * 64), "the same params and data: the same key, so a rerun resumes"
+    assert len(key) == 16
+    others = {resume_key(MODEL, _train(lr=1e-3), "a" * 64), resume_key(MODEL, params, "b" * 64),
+              resume_key(MODEL.model_copy(update={"z_dim": 8}), params, "a" * 64)}  # fmt: skip
+    assert key not in others and len(others) == 3, "other train params, data or model params: another key"

@@ -1,4 +1,5 @@
-"""Data sets (embedded digits, 2-D mixtures, torchvision, image folders), preparation and batches."""
+"""Data sets (embedded digits, 2-D mixtures, torchvision, image folders), preparation, and the real data a
+training run draws its batches from: one tensor on the device, or batches streamed to it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from torch import Tensor
 from cdgan import distributed
 from cdgan.errors import CdganError
 from cdgan.files import write_atomic
-from cdgan.params import DataParams
+from cdgan.params import DataParams, TrainParams
 
 GRID25_STD = 0.05  # the standard 25-Gaussian grid (VEEGAN, PacGAN)
 RING8_STD = 0.02
@@ -241,3 +242,21 @@ class StreamedBatches:
 
     def next(self) -> Tensor:
         return next(self._batches).to(self._device, non_blocking=True)
+
+
+RealData = Tensor | StreamedBatches  # the whole data set on the device, or batches streamed to it
+
+
+def streams(train: TrainParams, nbytes: int, device: torch.device) -> bool:
+    """Whether training streams its batches: asked for, or (auto) data bigger than `device_data_mb` for a
+    CUDA device. On the CPU the prepared array is in host memory already, and a tensor on it costs nothing."""
+    if train.data_loading == "auto":
+        return device.type == "cuda" and nbytes > train.device_data_mb * 2**20
+    return train.data_loading == "stream"
+
+
+def device_or_stream(train: TrainParams, x: np.ndarray, step: int, device: torch.device) -> RealData:
+    """The prepared data for `fit` at `step`: one tensor on the device, or streamed batches (see `streams`)."""
+    if streams(train, x.nbytes, device):
+        return StreamedBatches(x, train.batch_size, train.seed, step * train.n_critic, device, train.num_workers)
+    return torch.from_numpy(x).to(device)  # small data sets live on the device as one tensor

@@ -1,8 +1,9 @@
-"""Atomic writes (temp file, then rename), JSON metrics, and safe checkpoint loading."""
+"""Atomic writes (temp file, then rename), JSON metrics, file hashes, and safe checkpoint loading."""
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import json
 import os
@@ -99,6 +100,11 @@ def read_json(path: Path) -> dict[str, Any]:
         raise CdganError(f"{path}: not found; run the stage that writes it first (dvc repro)") from None
     except json.JSONDecodeError as err:
         raise CdganError(f"{path}: corrupt JSON ({err}); delete it and rerun its stage") from None
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file's bytes: what identifies prepared data (resume keys, registry tags)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def save_torch(path: Path, obj: Any) -> Path:

@@ -5,8 +5,6 @@ The CLI, DVC (through the CLI), Prefect (through DVC) and the tests all call the
 
 from __future__ import annotations
 
-import hashlib
-import json
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,7 +19,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from cdgan import distributed, registry, tracking
 from cdgan.classifier import StackedClassifier, classifier_accuracy, fit_classifier
-from cdgan.data import Dataset, StreamedBatches, build_splits, load_dataset, mode_centres, save_dataset
+from cdgan.data import Dataset, RealData, build_splits, device_or_stream, load_dataset, mode_centres, save_dataset
+from cdgan.devices import resolve_device
 from cdgan.errors import CdganError
 from cdgan.evaluation import (
     build_scorer,
@@ -31,15 +30,23 @@ from cdgan.evaluation import (
     save_reference,
     score_model,
 )
-from cdgan.files import load_torch, read_json, save_torch, write_atomic, write_json
-from cdgan.losses import LOSSES
+from cdgan.files import load_torch, read_json, save_torch, sha256_file, write_atomic, write_json
 from cdgan.models import EnergyNet, Generator, build_models
-from cdgan.params import Params, Paths, SampleParams, TrainParams
-from cdgan.pictures import save_curves_png, save_samples_png
-from cdgan.probe import gradient_probe
+from cdgan.params import Params, Paths, SampleParams
+from cdgan.pictures import save_samples_png
+from cdgan.probe import probe as probe  # the `cdgan probe` tool, reached here by cli until it imports cdgan.probe
 from cdgan.report import write_csv
 from cdgan.sampler import draw_samples
-from cdgan.train import RealData, TrainState, checkpoint_dict, fit, init_state, restore_state
+from cdgan.train import (
+    RunMeta,
+    TrainState,
+    checkpoint_dict,
+    fit,
+    init_state,
+    load_resumable,
+    restore_state,
+    resume_key,
+)
 
 SCORE_SAMPLES = 1000  # samples behind each score during training (FID over time), raw G(z)
 LOSS_KEYS = ("loss_e", "loss_g", "e_real", "e_fake", "grad_norm_g")
@@ -71,15 +78,6 @@ class RegisterResult:
     version: int
     alias: str
     reason: str
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` is CUDA when present, else CPU; `cuda` without a GPU is an error, never a silent fallback."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CdganError("train.device=cuda but no CUDA GPU is visible; use device: auto or cpu")
-    return torch.device(name)
 
 
 def prepare(params: Params, paths: Paths) -> PrepareResult:
@@ -118,23 +116,6 @@ def prepare(params: Params, paths: Paths) -> PrepareResult:
     return PrepareResult(len(splits.train.x), splits.train.shape, accuracy)
 
 
-def _resume_key(params: Params, dataset: Path) -> str:
-    """Same model and train params on the same prepared data: the same key, so a rerun resumes."""
-    digest = hashlib.sha256(dataset.read_bytes()).hexdigest()
-    spec = {"model": params.model.model_dump(), "train": params.train.model_dump(), "data_sha256": digest}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _load_resumable(path: Path, params: Params) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    saved = load_torch(path, "checkpoint")
-    meta = saved["meta"]
-    if meta["model"] != params.model.model_dump() or meta["train"] != params.train.model_dump():
-        raise CdganError(f"{path}: checkpoint was written with other model/train params; delete it to start fresh")
-    return saved
-
-
 def train(params: Params, paths: Paths) -> TrainResult:
     """Train both networks into models/, metrics/train.json, plots/train/ and an MLflow run.
 
@@ -149,36 +130,22 @@ def train(params: Params, paths: Paths) -> TrainResult:
                 f"evenly over the {world} torchrun processes"
             )
         real = load_dataset(paths.dataset)
-        resume_path = paths.resume / f"{_resume_key(params, paths.dataset)}.pt"
-        # rank 0's file, sent to every rank: on several nodes only rank 0 has it
-        saved = distributed.broadcast_object(_load_resumable(resume_path, params) if distributed.is_main() else None)
+        resume_path = paths.resume / f"{resume_key(params.model, params.train, sha256_file(paths.dataset))}.pt"
+        is_main = distributed.is_main()
+        saved = load_resumable(resume_path, params.model, params.train) if is_main else None
+        saved = distributed.broadcast_object(saved)  # rank 0's file to every rank: on several nodes only it has one
         if device.type == "cpu":
             torch.use_deterministic_algorithms(True)  # same seed, same weights, bit for bit
         state = init_state(params.model, params.train, real.shape, device)
         if saved is not None:
             restore_state(state, saved)
         real_data = device_or_stream(params.train, real.x, state.step, device)
-        if distributed.is_main():
+        if is_main:
             result = _train_tracked(params, paths, state, real, real_data, saved, resume_path)
         else:  # the same steps on this rank's shares; rank 0 saves the checkpoints
             fit(state, real_data, params.train, lambda step, values: None, checkpoint_path=resume_path)
             result = None
         return distributed.broadcast_object(result)
-
-
-def streams(train: TrainParams, nbytes: int, device: torch.device) -> bool:
-    """Whether training streams its batches: asked for, or (auto) data bigger than `device_data_mb` for a
-    CUDA device. On the CPU the prepared array is in host memory already, and a tensor on it costs nothing."""
-    if train.data_loading == "auto":
-        return device.type == "cuda" and nbytes > train.device_data_mb * 2**20
-    return train.data_loading == "stream"
-
-
-def device_or_stream(train: TrainParams, x: np.ndarray, step: int, device: torch.device) -> RealData:
-    """The prepared data for `fit` at `step`: one tensor on the device, or streamed batches (see `streams`)."""
-    if streams(train, x.nbytes, device):
-        return StreamedBatches(x, train.batch_size, train.seed, step * train.n_critic, device, train.num_workers)
-    return torch.from_numpy(x).to(device)  # small data sets live on the device as one tensor
 
 
 def _train_tracked(
@@ -192,18 +159,17 @@ def _train_tracked(
 ) -> TrainResult:
     """Rank 0's training: the MLflow run, the progress bar, scores during training and every output file."""
     scorer = build_scorer(params.data.dataset, real, paths.classifier)
-    history: dict[str, list[dict[str, float]]] = saved["meta"]["history"] if saved else {"losses": [], "scores": []}
+    meta = RunMeta.from_dict(saved["meta"]) if saved is not None else RunMeta(params.model, params.train, real.shape)
 
     def score(generator: Generator, energy: EnergyNet) -> dict[str, float]:
         return scorer(draw_samples(generator, energy, SCORE_SAMPLES, params.train.seed))  # raw G(z)
 
     start = time.perf_counter()
-    run_id = saved["meta"]["mlflow_run_id"] if saved is not None else None
-    with tracking.tracked_run(params, paths, run_id) as run_id, _progress_bar() as progress:
+    with tracking.tracked_run(params, paths, meta.mlflow_run_id) as run_id, _progress_bar() as progress:
+        meta.mlflow_run_id = run_id
         description = f"train {_loss_label(params)}" + (f" (resumed at {state.step})" if saved else "")
         task = progress.add_task(description, total=params.train.steps, completed=state.step, info="")
-        meta = {"model": params.model.model_dump(), "train": params.train.model_dump(), "data_shape": list(real.shape),
-                "mlflow_run_id": run_id, "history": history}  # fmt: skip
+        history = meta.history
 
         def log(step: int, values: dict[str, float]) -> None:
             is_loss = "loss_e" in values
@@ -266,7 +232,7 @@ def evaluate(params: Params, paths: Paths, model_uri: str | None = None, out: Pa
     run_id = read_json(paths.train_metrics)["mlflow_run_id"] if model_uri is None else None
     train_split, heldout = load_dataset(paths.dataset), load_dataset(paths.heldout)
     ev = params.evaluate
-    device = _evaluate_device(ev.device)
+    device = resolve_device(ev.device, "evaluate.device")
     suite = build_suite(params.data.dataset, heldout, paths.classifier, ev, device)  # checks params against the data
     if model_uri is None:
         generator, energy = _load_trained(params, paths, train_split.shape)
@@ -295,12 +261,6 @@ def _sampling_label(sampling: SampleParams) -> str:
     if sampling.langevin_steps == 0:
         return "raw G(z)"
     return f"{sampling.langevin_steps} Langevin steps in {sampling.space} space at T={sampling.temperature:g}"
-
-
-def _evaluate_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CdganError("evaluate.device=cuda but no CUDA GPU is visible; use device: auto or cpu")
-    return resolve_device(name)
 
 
 def _load_registered(paths: Paths, model_uri: str, data_shape: tuple[int, ...]) -> registry.Bundle:
@@ -334,9 +294,8 @@ def register(params: Params, paths: Paths, force: bool = False) -> RegisterResul
     real_shape = load_dataset(paths.dataset).shape
     generator, energy = _load_trained(params, paths, real_shape)
     sampling = params.sample
-    data_sha256 = hashlib.sha256(paths.dataset.read_bytes()).hexdigest()
     comparable = {"dataset": evaluation["dataset"], "feature_extractor": evaluation["feature_extractor"],
-                  "data_sha256": data_sha256}  # fmt: skip
+                  "data_sha256": sha256_file(paths.dataset)}  # fmt: skip
     numbers = {key: float(value) for key, value in evaluation.items() if type(value) in (int, float)}
     name = params.register.model_name
     with tempfile.TemporaryDirectory() as tmp, tracking.tracked_run(params, paths, run_id):
@@ -383,30 +342,3 @@ def sample(
             np.save(f, x)
 
     return write_atomic(out, write)
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    csv: Path
-    png: Path
-    rows: list[dict[str, float | str]]
-
-
-def probe(params: Params, paths: Paths, losses: list[str], critic_steps: list[int], out_dir: Path) -> ProbeResult:
-    """The vanishing-gradient probe on the prepared data: generator gradient norm per loss as the
-    energy net trains against a frozen generator; writes <out_dir>/gradient_probe.{csv,png}."""
-    unknown = sorted(set(losses) - set(LOSSES))
-    if unknown or not losses:
-        raise CdganError(f"--losses {','.join(unknown) or '(none)'}: choose from {', '.join(LOSSES)}")
-    if not critic_steps or min(critic_steps) < 0:
-        raise CdganError(f"--critic-steps must be counts >= 0 (got {critic_steps})")
-    real = load_dataset(paths.dataset)
-    device = resolve_device(params.train.device)
-    rows = gradient_probe(torch.from_numpy(real.x).to(device), params.model, params.train, losses, critic_steps)
-    csv_path = out_dir / "gradient_probe.csv"
-    write_csv(csv_path, rows)
-    title = f"{params.data.dataset}: generator gradient vs energy-net steps (frozen G)"
-    png = save_curves_png(
-        out_dir / "gradient_probe.png", rows, "critic_steps", "grad_norm_g", "loss", title, log_y=True
-    )
-    return ProbeResult(csv_path, png, rows)

@@ -1,9 +1,11 @@
-"""The one training loop: energy-net and generator steps, logging, scoring, checkpoints."""
+"""The one training loop: energy-net and generator steps, logging, scoring, checkpoints and the rules of resuming."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,16 +14,15 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from cdgan import distributed
-from cdgan.data import StreamedBatches
+from cdgan.data import RealData, StreamedBatches
 from cdgan.errors import CdganError
-from cdgan.files import save_torch
+from cdgan.files import load_torch, save_torch
 from cdgan.losses import LOSSES, energy_magnitude, gradient_penalty, real_gradient_penalty, refine_langevin
 from cdgan.models import EnergyNet, Generator, build_models
 from cdgan.params import ModelParams, TrainParams
 
 Log = Callable[[int, dict[str, float]], None]
 Score = Callable[[Generator, EnergyNet], dict[str, float]]
-RealData = Tensor | StreamedBatches  # the whole data set on the device, or batches streamed to it
 ENERGY_BOUND = 1e4  # |E| beyond this means the energy net diverged (lr or Langevin step too large)
 
 
@@ -97,7 +98,33 @@ def _check_gpu_path(model: ModelParams, train: TrainParams, data_shape: tuple[in
         raise CdganError(f"train.amp needs bfloat16, which {torch.cuda.get_device_name(device)} lacks; set amp: false")
 
 
-def checkpoint_dict(state: TrainState, meta: dict[str, Any]) -> dict[str, Any]:
+@dataclass
+class RunMeta:
+    """What a checkpoint holds besides tensors: the params that built it, the data shape, the MLflow run and
+    the history logged so far. Saved as plain data (`to_dict`), which loading with `weights_only` accepts."""
+
+    model: ModelParams
+    train: TrainParams
+    data_shape: tuple[int, ...]
+    mlflow_run_id: str | None = None
+    history: dict[str, list[dict[str, float]]] = field(default_factory=lambda: {"losses": [], "scores": []})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.model_dump(),
+            "train": self.train.model_dump(),
+            "data_shape": list(self.data_shape),
+            "mlflow_run_id": self.mlflow_run_id,
+            "history": self.history,
+        }
+
+    @classmethod
+    def from_dict(cls, meta: dict[str, Any]) -> RunMeta:
+        model, train = ModelParams(**meta["model"]), TrainParams(**meta["train"])
+        return cls(model, train, tuple(meta["data_shape"]), meta["mlflow_run_id"], meta["history"])
+
+
+def checkpoint_dict(state: TrainState, meta: RunMeta | None) -> dict[str, Any]:
     """Everything needed to resume or to sample: both networks, optimisers, EMA, RNG states, step, params."""
     return {
         "generator": state.generator.state_dict(),
@@ -108,7 +135,7 @@ def checkpoint_dict(state: TrainState, meta: dict[str, Any]) -> dict[str, Any]:
         "rng": {"torch": torch.get_rng_state(), "loop": state.rng.get_state()},
         "replay": {"buffer": state.replay, "count": state.replay_count},
         "step": state.step,
-        "meta": meta,
+        "meta": meta.to_dict() if meta is not None else {},
     }
 
 
@@ -126,6 +153,24 @@ def restore_state(state: TrainState, saved: dict[str, Any]) -> None:
         state.replay.copy_(saved["replay"]["buffer"])  # onto the state's device: checkpoints load to the CPU
     state.replay_count = saved["replay"]["count"]
     state.step = saved["step"]
+
+
+def resume_key(model: ModelParams, train: TrainParams, data_sha256: str) -> str:
+    """Same model and train params on the same prepared data (its sha256): the same key, so a rerun resumes."""
+    spec = {"model": model.model_dump(), "train": train.model_dump(), "data_sha256": data_sha256}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_resumable(path: Path, model: ModelParams, train: TrainParams) -> dict[str, Any] | None:
+    """The `checkpoint_dict` saved at `path`, or None when there is none: a fresh start. A checkpoint written
+    with other model or train params is refused, never restored."""
+    if not path.exists():
+        return None
+    saved = load_torch(path, "checkpoint")
+    meta = saved["meta"]
+    if meta["model"] != model.model_dump() or meta["train"] != train.model_dump():
+        raise CdganError(f"{path}: checkpoint was written with other model/train params; delete it to start fresh")
+    return saved
 
 
 def _autocast(params: TrainParams, s: TrainState) -> torch.autocast:
@@ -251,7 +296,7 @@ def fit(
     log: Log,
     score: Score | None = None,
     checkpoint_path: Path | None = None,
-    meta: dict[str, Any] | None = None,
+    meta: RunMeta | None = None,
 ) -> TrainState:
     """Train from `state.step` to `params.steps` generator steps on `real`: a tensor on the device (batches
     drawn from the loop's own random stream) or a stream that starts at batch `state.step * params.n_critic`.
@@ -277,5 +322,5 @@ def fit(
         if score is not None and params.eval_every and (step % params.eval_every == 0 or is_last):
             log(step, score(state.sampling_generator, state.energy))
         if is_checkpoint and distributed.is_main():
-            save_torch(checkpoint_path, checkpoint_dict(state, meta or {}))
+            save_torch(checkpoint_path, checkpoint_dict(state, meta))
     return state
