@@ -127,6 +127,12 @@ def test_mode_centres_of_image_data_is_an_error() -> None:
 # --- embedded images -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dataset", ["grid25", "ring8", "digits", "stacked-digits"])
+def test_a_built_data_set_is_images_exactly_when_its_name_says_so(dataset: str) -> None:
+    params = DataParams(dataset=dataset, n_points=50)
+    assert build_dataset(params).is_image is params.is_image, f"{dataset}: its shape and its name disagree"
+
+
 def test_digits_shape_range_and_labels(digits: Dataset) -> None:
     assert digits.x.shape == (1797, 1, 8, 8) and digits.x.dtype == np.float32
     assert digits.x.min() == -1.0 and digits.x.max() == 1.0, "digits should span [-1, 1] exactly"

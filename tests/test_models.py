@@ -7,7 +7,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from cdgan.models import EnergyNet, Generator, build_models
-from cdgan.params import ModelParams
+from cdgan.params import PIXEL_RANGE, ModelParams
 
 SMALL = ModelParams(z_dim=4, hidden=8, channels=4)
 
@@ -103,3 +103,10 @@ def test_sample_z_uses_given_generator() -> None:
     a = generator.sample_z(3, torch.Generator().manual_seed(1))
     b = generator.sample_z(3, torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
+
+
+def test_langevin_chains_from_images_keep_to_the_pixel_range_and_points_are_unbounded() -> None:
+    image_generator, _ = build_models(ModelParams(z_dim=4, channels=4), (3, 8, 8))
+    point_generator, _ = build_models(ModelParams(z_dim=4, hidden=8), (2,))
+    assert image_generator.output_range == PIXEL_RANGE == (-1.0, 1.0)
+    assert point_generator.output_range is None

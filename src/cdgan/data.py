@@ -17,7 +17,7 @@ from torch import Tensor
 from cdgan import distributed
 from cdgan.errors import CdganError
 from cdgan.files import write_atomic
-from cdgan.params import DataParams, TrainParams
+from cdgan.params import PIXEL_RANGE, DataParams, TrainParams, is_image_shape
 
 GRID25_STD = 0.05  # the standard 25-Gaussian grid (VEEGAN, PacGAN)
 RING8_STD = 0.02
@@ -42,7 +42,7 @@ class Dataset:
 
     @property
     def is_image(self) -> bool:
-        return len(self.shape) == 3
+        return is_image_shape(self.shape)
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def _resize(x: np.ndarray, side: int) -> np.ndarray:
     if x.shape[-1] == side:
         return x
     resized = F.interpolate(torch.from_numpy(x), size=(side, side), mode="bilinear", antialias=True)
-    return resized.clamp(-1, 1).numpy()
+    return resized.clamp(*PIXEL_RANGE).numpy()
 
 
 def build_dataset(params: DataParams) -> Dataset:

@@ -41,7 +41,7 @@ from cdgan.metrics import (
     precision_recall,
 )
 from cdgan.models import EnergyNet, Generator
-from cdgan.params import EvaluateParams, SampleParams
+from cdgan.params import PIXEL_RANGE, EvaluateParams, SampleParams
 from cdgan.sampler import draw_samples
 
 Scorer = Callable[[Tensor], dict[str, float]]
@@ -334,7 +334,7 @@ def _gmm_baseline(suite: Suite, train: Dataset, rng: np.random.Generator) -> dic
     best: dict[str, float] = {}
     for k in (k for k in GMM_COMPONENTS if k <= len(pixels) // 10):  # >= 10 rows a component
         gmm = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=ev.seed).fit(pixels)
-        samples = gmm.sample(ev.n_samples)[0].clip(-1, 1).astype(np.float32).reshape(-1, *train.shape)
+        samples = gmm.sample(ev.n_samples)[0].clip(*PIXEL_RANGE).astype(np.float32).reshape(-1, *train.shape)
         scores = _fid_and_classes(suite, samples)
         if not best or scores["fid"] < best["fid_gmm"]:
             best = {f"{key}_gmm": v for key, v in scores.items()} | {"gmm_components": float(k)}

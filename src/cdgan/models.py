@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from cdgan.params import ModelParams
+from cdgan.params import PIXEL_RANGE, ModelParams, is_image_shape
 
 
 def _sn(layer: nn.Module, enabled: bool) -> nn.Module:
@@ -24,6 +24,11 @@ class Generator(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:  # (B, z_dim) -> (B, *data_shape)
         return self.body(z).view(len(z), *self.data_shape)
+
+    @property
+    def output_range(self) -> tuple[float, float] | None:
+        """The range of G(z), where Langevin chains from it are kept: the pixel range for images, none for points."""
+        return PIXEL_RANGE if is_image_shape(self.data_shape) else None
 
     def sample_z(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         device = next(self.parameters()).device
@@ -83,9 +88,9 @@ def _conv_pair(params: ModelParams, channels: int, side: int) -> tuple[nn.Module
 
 def build_models(params: ModelParams, data_shape: tuple[int, ...]) -> tuple[Generator, EnergyNet]:
     """Both networks for data of shape (2,) or (C, H, W), freshly initialised from torch's RNG."""
-    if len(data_shape) == 1:
-        g_body, e_body = _mlp_pair(params)
-    else:
+    if is_image_shape(data_shape):
         channels, side, _ = data_shape
         g_body, e_body = _conv_pair(params, channels, side)
+    else:
+        g_body, e_body = _mlp_pair(params)
     return Generator(params.z_dim, g_body, tuple(data_shape)), EnergyNet(e_body)

@@ -28,6 +28,16 @@ IMAGE_DATASETS = ("digits", "stacked-digits", "mnist", "fashion-mnist", "cifar10
 Dataset = Literal["grid25", "ring8", "digits", "stacked-digits", "mnist", "fashion-mnist", "cifar10", "folder"]
 LossName = Literal["cd", "bce", "lsgan", "hinge", "wgan-gp"]
 ALLOW_EXTERNAL_PATHS_ENV = "CDGAN_ALLOW_EXTERNAL_PATHS"  # =1: path params may leave the project directory
+PIXEL_RANGE = (-1.0, 1.0)  # pixel values of every image data set, real and generated (the generator ends in tanh)
+
+
+def is_image_shape(data_shape: tuple[int, ...]) -> bool:
+    """Whether data of this shape (one example's) are images, (C, H, W), rather than (2,) points.
+
+    The one test of the data's kind once data exist; before, `DataParams.is_image` tells it from the data
+    set's name, and every data set in IMAGE_DATASETS is prepared as (C, H, W).
+    """
+    return len(data_shape) == 3
 
 
 def _inside_project(path: str, info: ValidationInfo) -> str:
@@ -73,6 +83,7 @@ class DataParams(_Section):
 
     @property
     def is_image(self) -> bool:
+        """Whether the data set is one of images, known from its name before it is built (see is_image_shape)."""
         return self.dataset in IMAGE_DATASETS
 
     _root_inside_project = field_validator("root")(_inside_project)

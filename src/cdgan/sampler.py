@@ -45,8 +45,8 @@ def draw_samples(
         with torch.no_grad():
             x = generator(z)
         if is_refined and sampling.space == "data":
-            clamp = (-1.0, 1.0) if len(generator.data_shape) == 3 else None
-            x = refine_langevin(energy, x, sampling.langevin_steps, sampling.step_size, _noise(sampling), clamp, rng)
+            steps, step_size, clamp = sampling.langevin_steps, sampling.step_size, generator.output_range
+            x = refine_langevin(energy, x, steps, step_size, _noise(sampling), clamp, rng)
         chunks.append(x.cpu())
     for net, was_training in modes:
         net.train(was_training)

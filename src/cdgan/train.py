@@ -19,7 +19,7 @@ from cdgan.errors import CdganError
 from cdgan.files import load_torch, save_torch
 from cdgan.losses import LOSSES, energy_magnitude, gradient_penalty, real_gradient_penalty, refine_langevin
 from cdgan.models import EnergyNet, Generator, build_models
-from cdgan.params import ModelParams, TrainParams
+from cdgan.params import ModelParams, TrainParams, is_image_shape
 
 Log = Callable[[int, dict[str, float]], None]
 Score = Callable[[Generator, EnergyNet], dict[str, float]]
@@ -92,7 +92,7 @@ def ema_with_warmup(decay: float) -> Callable[[list[Tensor], list[Tensor], Tenso
 def _check_gpu_path(model: ModelParams, train: TrainParams, data_shape: tuple[int, ...], device: torch.device) -> None:
     if train.compile and model.spectral_norm:  # inductor lets backward save a vector the power iteration updates
         raise CdganError("train.compile does not work with model.spectral_norm; set one of them to false")
-    if train.channels_last and len(data_shape) != 3:
+    if train.channels_last and not is_image_shape(data_shape):
         raise CdganError(f"train.channels_last applies to conv models (image data), not data of shape {data_shape}")
     if train.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
         raise CdganError(f"train.amp needs bfloat16, which {torch.cuda.get_device_name(device)} lacks; set amp: false")
@@ -193,14 +193,13 @@ def _refine(params: TrainParams, s: TrainState, x: Tensor) -> Tensor:
         eps = torch.randn(params.batch_size, *x.shape[1:], generator=s.rng, device=x.device, dtype=x.dtype)
         return distributed.share(eps)
 
-    clamp = (-1.0, 1.0) if x.dim() == 4 else None
     return refine_langevin(
         s.energy,
         x,
         params.cd_k,
         params.langevin_step_size,
         params.langevin_noise,
-        clamp,
+        s.generator.output_range,
         grad_clip=params.langevin_grad_clip,
         draw_noise=global_noise,  # from s.rng, so refine_langevin's own `generator` stays unused
     )
