@@ -190,29 +190,53 @@ def build_suite(dataset: str, real: Dataset, reference_path: Path, ev: EvaluateP
         order = torch.randperm(len(real.x), generator=torch.Generator().manual_seed(ev.seed))
         is_kept = np.zeros(len(real.x), dtype=bool)
         is_kept[order[:n_real].numpy()] = True
-    if extractor.name == "domain":  # statistics cached by `prepare`
-        stats, features = (reference.mu, reference.sigma), _featurize_real(extractor, real.x, is_kept, None)
+    if extractor.name == "domain":  # statistics cached by `prepare`: a pass only for the kept features
+        stats = (reference.mu, reference.sigma)
+        features = _featurize_real(extractor, real.x, is_kept)[1] if is_kept is not None else None
     else:
-        stats_metric = FeatureStats(extractor.dim).to(extractor.device)
-        features = _featurize_real(extractor, real.x, is_kept, stats_metric)
-        stats = stats_metric.compute()
+        real_scores, features = _featurize_real(extractor, real.x, is_kept)
+        stats = real_scores.stats.compute()
     return Suite(ev, extractor, stats, features, reference.accuracy)
 
 
+class _ImageScores:
+    """Images folded in a batch at a time: the running statistics of their features (fid) and the classes the
+    extractor predicts for them (modes, kl). Shaped as a torchmetrics metric: `update` per batch, then compute."""
+
+    def __init__(self, extractor: FeatureExtractor) -> None:
+        self.extractor = extractor
+        self.stats = FeatureStats(extractor.dim).to(extractor.device)
+        self.labels: list[Tensor] = []
+
+    def update(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Fold in images x (B, C, H, W); returns their features (B, dim) and logits (B, n_classes)."""
+        features, logits = self.extractor(x)
+        self.stats.update(features)
+        self.labels.append(logits.argmax(1))
+        return features, logits
+
+    def fid(self, real_stats: tuple[np.ndarray, np.ndarray]) -> float:
+        return frechet_distance(*self.stats.compute(), *real_stats)
+
+    def class_coverage(self) -> dict[str, float]:
+        return class_coverage(torch.cat(self.labels).cpu(), self.extractor.n_classes)
+
+
+def _batch_rows(n: int) -> Iterator[slice]:
+    """The rows of an array of n images, BATCH at a time."""
+    return (slice(start, start + BATCH) for start in range(0, n, BATCH))
+
+
 def _featurize_real(
-    extractor: FeatureExtractor, x: np.ndarray, is_kept: np.ndarray | None, stats: FeatureStats | None
-) -> Tensor | None:
-    """One pass over the real images: fold all into `stats` (when given), return the kept rows' features."""
-    if is_kept is None and stats is None:
-        return None
-    kept = []
-    for start in range(0, len(x), BATCH):
-        features, _ = extractor(torch.from_numpy(x[start : start + BATCH]))
-        if stats is not None:
-            stats.update(features)
+    extractor: FeatureExtractor, x: np.ndarray, is_kept: np.ndarray | None
+) -> tuple[_ImageScores, Tensor | None]:
+    """One pass over the real images: all folded into scores, and the features of the rows `is_kept` marks."""
+    scores, kept = _ImageScores(extractor), []
+    for rows in _batch_rows(len(x)):
+        features, _ = scores.update(torch.from_numpy(x[rows]))
         if is_kept is not None:
-            kept.append(features[torch.from_numpy(is_kept[start : start + BATCH]).to(features.device)])
-    return torch.cat(kept) if is_kept is not None else None
+            kept.append(features[torch.from_numpy(is_kept[rows]).to(features.device)])
+    return scores, torch.cat(kept) if is_kept is not None else None
 
 
 @dataclass(frozen=True)
@@ -257,26 +281,24 @@ def score_model(suite: Suite, generator: Generator, energy: EnergyNet | None, sa
         metrics = _mixture_scores(suite, x_out.numpy()) | {f"{k}_raw": v for k, v in raw.items()}
         return Evaluation(metrics, x_out[:PREVIEW])
     extractor, is_refined = suite.extractor, energy is not None and sampling.langevin_steps > 0
-    stats_out, stats_raw = (FeatureStats(extractor.dim).to(extractor.device) for _ in range(2))
+    scores_out, scores_raw = _ImageScores(extractor), _ImageScores(extractor)
     inception_score = InceptionScore(extractor.n_classes).to(extractor.device)
-    kept, preview, labels = [], [], []
+    kept, preview = [], []
     for x_raw, x_out in batches:
-        features, logits = extractor(x_out)
-        stats_out.update(features)
-        labels.append(logits.argmax(1).cpu())
+        features, logits = scores_out.update(x_out)
         if is_refined:
-            stats_raw.update(extractor(x_raw)[0])
+            scores_raw.update(x_raw)
         if "inception_score" in ev.metrics:
             inception_score.update(logits)
         if suite.real_features is not None:
             kept.append(features)
         if sum(map(len, preview)) < PREVIEW:
             preview.append(x_out)
-    fid = frechet_distance(*stats_out.compute(), *suite.real_stats)
-    metrics = {"fid": fid, "fid_raw": frechet_distance(*stats_raw.compute(), *suite.real_stats) if is_refined else fid}
+    fid = scores_out.fid(suite.real_stats)
+    metrics = {"fid": fid, "fid_raw": scores_raw.fid(suite.real_stats) if is_refined else fid}
     if "inception_score" in ev.metrics:
         metrics["inception_score"] = inception_score.compute()
-    metrics |= class_coverage(torch.cat(labels), extractor.n_classes)
+    metrics |= scores_out.class_coverage()
     real, fake = suite.real_features, torch.cat(kept) if kept else None
     if "kid" in ev.metrics:
         kid, kid_std = kernel_inception_distance(real, fake, ev.kid_subsets, ev.kid_subset_size, ev.seed)
@@ -297,14 +319,10 @@ def _fresh_mixture(dataset: str, ev: EvaluateParams, stream: int) -> np.ndarray:
 
 def _fid_and_classes(suite: Suite, x: np.ndarray) -> dict[str, float]:
     """fid, modes and kl of images x (N, C, H, W) in [-1, 1], scored as the model output is."""
-    stats = FeatureStats(suite.extractor.dim).to(suite.extractor.device)
-    labels = []
-    for start in range(0, len(x), BATCH):
-        features, logits = suite.extractor(torch.from_numpy(x[start : start + BATCH]))
-        stats.update(features)
-        labels.append(logits.argmax(1).cpu())
-    fid = frechet_distance(*stats.compute(), *suite.real_stats)
-    return {"fid": fid} | class_coverage(torch.cat(labels), suite.extractor.n_classes)
+    scores = _ImageScores(suite.extractor)
+    for rows in _batch_rows(len(x)):
+        scores.update(torch.from_numpy(x[rows]))
+    return {"fid": scores.fid(suite.real_stats)} | scores.class_coverage()
 
 
 def reference_points(suite: Suite, train: Dataset) -> dict[str, float]:
