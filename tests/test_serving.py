@@ -113,22 +113,35 @@ def test_a_bad_request_is_http_400_with_the_reason(served: str) -> None:
     assert response.status_code == 400 and "n must be > 0" in response.text, response.text
 
 
-def test_a_fresh_process_loads_the_champion_by_alias(image_model: str, mlflow_uri: str, tmp_path: Path) -> None:
-    # given the samples an in-process load draws
-    x = mlflow.pyfunc.load_model(image_model).predict(pd.DataFrame({"n": [3], "seed": [0]}))
+# the draw both processes make: 3 samples of seed 0 from the model in `model`, printed as "<shape> <sha256>"
+DRAW = (
+    "x = model.predict(pd.DataFrame({'n': [3], 'seed': [0]}))\n"
+    "print(x.shape, hashlib.sha256(x.tobytes()).hexdigest())\n"
+)
 
+
+@pytest.fixture(scope="module")
+def local_digest(image_model: str) -> str:
+    """The sha256 of DRAW's samples from the champion loaded in this process."""
+    x = mlflow.pyfunc.load_model(image_model).predict(pd.DataFrame({"n": [3], "seed": [0]}))
+    return hashlib.sha256(x.tobytes()).hexdigest()
+
+
+def _assert_drew_the_same(printed: str, local_digest: str, message: str) -> None:
+    shape, digest = printed.rsplit(" ", 1)
+    assert shape == str((3, *IMAGE_SHAPE))
+    assert digest == local_digest, message
+
+
+def test_a_fresh_process_loads_the_champion_by_alias(
+    image_model: str, local_digest: str, mlflow_uri: str, tmp_path: Path
+) -> None:
     # when a new interpreter, outside the repository, loads the model by alias
-    code = (
-        "import hashlib, sys, mlflow, pandas as pd\n"
-        "x = mlflow.pyfunc.load_model(sys.argv[1]).predict(pd.DataFrame({'n': [3], 'seed': [0]}))\n"
-        "print(x.shape, hashlib.sha256(x.tobytes()).hexdigest())\n"
-    )
+    code = "import hashlib, sys, mlflow, pandas as pd\nmodel = mlflow.pyfunc.load_model(sys.argv[1])\n" + DRAW
     result = run([sys.executable, "-c", code, image_model], tmp_path, env={"MLFLOW_TRACKING_URI": mlflow_uri})
 
-    # then it draws the same samples
-    shape, digest = result.stdout.strip().splitlines()[-1].rsplit(" ", 1)
-    assert shape == str((3, *IMAGE_SHAPE))
-    assert digest == hashlib.sha256(x.tobytes()).hexdigest(), "a fresh process drew other samples"
+    # then it draws the samples an in-process load draws
+    _assert_drew_the_same(result.stdout.strip().splitlines()[-1], local_digest, "a fresh process drew other samples")
 
 
 def _third_party_imports(module: str) -> set[str]:
@@ -158,10 +171,9 @@ def test_the_model_s_requirements_name_every_package_its_code_imports_pinned(ima
     assert not any(line.startswith("cdgan") for line in requirements), requirements
 
 
-def test_the_model_loads_where_cdgan_is_not_installed(image_model: str, mlflow_uri: str, tmp_path: Path) -> None:
-    # given the samples an in-process load draws
-    x = mlflow.pyfunc.load_model(image_model).predict(pd.DataFrame({"n": [3], "seed": [0]}))
-
+def test_the_model_loads_where_cdgan_is_not_installed(
+    image_model: str, local_digest: str, mlflow_uri: str, tmp_path: Path
+) -> None:
     # when an isolated interpreter (-I: no PYTHONPATH, no user site) drops every sys.path entry that holds
     # cdgan (the editable install's src/) and then loads the model by alias
     code = (
@@ -171,19 +183,15 @@ def test_the_model_loads_where_cdgan_is_not_installed(image_model: str, mlflow_u
         "assert importlib.util.find_spec('cdgan') is None, 'cdgan is still importable'\n"
         "import mlflow, pandas as pd\n"
         "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
-        "x = model.predict(pd.DataFrame({'n': [3], 'seed': [0]}))\n"
         "import cdgan\n"
         "print(Path(cdgan.__file__).parent.parent.name)\n"
-        "print(x.shape, hashlib.sha256(x.tobytes()).hexdigest())\n"
-    )
+    ) + DRAW
     result = run([sys.executable, "-I", "-c", code, image_model], tmp_path, env={"MLFLOW_TRACKING_URI": mlflow_uri})
 
-    # then cdgan came from the model's own code/ folder, and it draws the same samples
+    # then cdgan came from the model's own code/ folder, and it draws the samples an in-process load draws
     where, last = result.stdout.strip().splitlines()[-2:]
     assert where == "code", f"cdgan was imported from {where}, not the model's code/"
-    shape, digest = last.rsplit(" ", 1)
-    assert shape == str((3, *IMAGE_SHAPE))
-    assert digest == hashlib.sha256(x.tobytes()).hexdigest(), "the model's own code drew other samples"
+    _assert_drew_the_same(last, local_digest, "the model's own code drew other samples")
 
 
 def test_evaluation_metrics_belong_to_the_logged_model_that_each_version_points_at(image_model: str) -> None:
