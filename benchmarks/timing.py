@@ -54,17 +54,24 @@ def timed(fn: Callable[[], object]) -> Timing:
     return t[0]
 
 
+def interleaved_round(arms: dict[str, Callable[[], Timing]], index: int) -> dict[str, Timing]:
+    """One round: every arm once, in the arms' order on even rounds and reversed on odd ones (A B, B A, ...),
+    so drift in the machine's load falls on every arm alike instead of on whichever always runs second."""
+    names = list(arms) if index % 2 == 0 else list(arms)[::-1]
+    out = {}
+    for name in names:
+        out[name] = timing = arms[name]()
+        note(f"  {name}: wall {timing.wall:.4g} s, cpu {timing.cpu:.4g} s")
+    return out
+
+
 def interleaved(arms: dict[str, Callable[[], Timing]], repeats: int) -> dict[str, dict[str, list[float]]]:
-    """Run every arm `repeats` times; rounds alternate the order (A B, B A, ...) so drift in the machine's
-    load falls on every arm alike instead of on whichever always runs second. Returns wall and cpu lists."""
+    """`repeats` rounds of `interleaved_round`. Returns wall and cpu lists per arm, in round order."""
     out: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in arms}
-    names = list(arms)
-    for round_ in range(repeats):
-        for name in names if round_ % 2 == 0 else names[::-1]:
-            timing = arms[name]()
+    for index in range(repeats):
+        for name, timing in interleaved_round(arms, index).items():
             out[name]["wall"].append(timing.wall)
             out[name]["cpu"].append(timing.cpu)
-            note(f"  {name}: wall {timing.wall:.4g} s, cpu {timing.cpu:.4g} s")
     return out
 
 

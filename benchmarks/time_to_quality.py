@@ -1,0 +1,198 @@
+"""Time to quality: training seconds on this machine until the model reaches its target, over training seeds.
+
+Targets as `pipelines.flows.seconds_to_target` defines them: digits (params.yaml as it stands), the FID of
+the Gaussian-mixture baseline (`fid_gmm`); grid25 (presets/grid25.yaml), all but one mode covered
+(`modes_floor` - 1). Each seed trains through `cdgan.stages.train` in a throw-away project (MLflow, bar and
+checkpoints as in a real run), scored every `SCORE_EVERY[dataset]` steps, and stops at the first score that
+reaches the target, so a seed costs its own time to target and no more (the cap is the preset's `steps`).
+
+Two departures from the pipeline's figure, both to make it a benchmark: scores come finer than
+`train.eval_every` (the pipeline's history resolves 1000 digits steps, about 30 s), and grid25 is scored on
+the model's output (G(z) refined as the preset's `sample` section says, as `evaluate` scores it): the
+pipeline's history is raw G(z), which never covers more than about 10 of the 25 modes (reports/
+grid25_cd_seeds_runs.csv, `modes_raw`), so its seconds_to_target is always NaN there. Seconds are wall
+time of the stage's loop up to the target step (earlier scores included, as the pipeline's mean seconds
+per step includes them); CPU seconds (this process) beside them are steadier on a shared machine.
+
+    python -m benchmarks.time_to_quality --seeds 0 1 2    # trains, writes benchmarks/time_to_quality.json
+
+`measure` (benchmarks/run.py) trains when asked to (`train=True`), else reads that file and the sweep
+reports (reports/*_runs.csv, column seconds_to_target) as a cross-check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import inspect
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import torch
+import yaml
+from benchmarks.stats import mean_interval, rounded_interval
+from benchmarks.throughput import prepare_project, quiet_bar, torch_globals
+from benchmarks.timing import REPO, environ, note
+
+from cdgan import stages
+from cdgan.data import load_dataset
+from cdgan.evaluation import build_scorer, build_suite, reference_points
+from cdgan.params import Params, Paths, parse_params
+from cdgan.sampler import draw_samples
+
+PRESETS = {"digits": REPO / "params.yaml", "grid25": REPO / "presets" / "grid25.yaml"}
+SCORE_EVERY = {"digits": 250, "grid25": 100}  # steps between scores: ~8 s of digits, ~3 s of grid25 here
+SCORE_SAMPLES = 1000  # as cdgan.stages scores during training
+RESULTS = Path(__file__).with_name("time_to_quality.json")
+# sweep reports whose rows are the default model of a data set: (file, {column: value}) for the rows to keep
+SWEEP_ROWS = {
+    "digits": ("reports/loss_comparison_digits_lr_runs.csv", {"train.loss": "cd", "train.lr": "0.0005"}),
+}
+
+
+def _params(dataset: str, seed: int) -> Params:
+    raw = yaml.safe_load(PRESETS[dataset].read_text())
+    raw["train"] = {**raw["train"], "device": "cpu", "seed": seed, "eval_every": SCORE_EVERY[dataset]}
+    return parse_params(raw, f"{PRESETS[dataset].name} (time to quality, seed {seed})")
+
+
+def _target(params: Params, paths: Paths) -> tuple[str, float, dict[str, float]]:
+    """(metric, threshold, reference points) as evaluate computes them on this project's prepared data."""
+    heldout, train = load_dataset(paths.heldout), load_dataset(paths.dataset)
+    suite = build_suite(params.data.dataset, heldout, paths.classifier, params.evaluate, torch.device("cpu"))
+    points = reference_points(suite, train)
+    if "fid_gmm" in points:
+        return "fid", points["fid_gmm"], points
+    return "modes", points["modes_floor"] - 1, points
+
+
+def _is_reached(metric: str, value: float, threshold: float) -> bool:
+    return value <= threshold if metric == "fid" else value >= threshold
+
+
+def _train_to_target(params: Params, paths: Paths, metric: str, threshold: float) -> dict[str, Any]:
+    """One `stages.train` that stops at the first score reaching the target; the score history with times."""
+    real = load_dataset(paths.dataset)
+    scorer = build_scorer(params.data.dataset, real, paths.classifier)
+    history: list[dict[str, float]] = []
+    real_fit = stages.fit
+
+    def fit_to_target(*args: Any, **kwargs: Any) -> Any:
+        call = inspect.signature(real_fit).bind(*args, **kwargs)
+        state, train = call.arguments["state"], call.arguments["params"]
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+
+        def score(generator: Any, energy: Any) -> dict[str, float]:
+            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0  # up to this step
+            values = scorer(draw_samples(generator, energy, SCORE_SAMPLES, train.seed, params.sample))
+            history.append({"step": state.step, "seconds": wall, "cpu_seconds": cpu, metric: values[metric]})
+            if _is_reached(metric, values[metric], threshold):
+                state.step = train.steps  # the loop's own stop test ends the run after this step
+            return values
+
+        call.arguments["score"] = score
+        return real_fit(*call.args, **call.kwargs)
+
+    with mock.patch.object(stages, "fit", fit_to_target), torch_globals(), quiet_bar():
+        stages.train(params, paths)
+    hit = next((row for row in history if _is_reached(metric, row[metric], threshold)), None)
+    return {
+        "seed": params.train.seed,
+        "steps_to_target": hit["step"] if hit else math.nan,
+        "seconds_to_target": hit["seconds"] if hit else math.nan,
+        "cpu_seconds_to_target": hit["cpu_seconds"] if hit else math.nan,
+        "history": history,
+    }
+
+
+def train_seeds(dataset: str, seeds: list[int]) -> dict[str, Any]:
+    """Every seed in one throw-away project (the prepared data and target do not depend on the train seed)."""
+    params = _params(dataset, seeds[0])
+    with (
+        tempfile.TemporaryDirectory(prefix="cdgan-bench-ttq-") as tmp,
+        environ(MLFLOW_TRACKING_URI=f"sqlite:///{Path(tmp) / 'mlruns' / 'mlflow.db'}"),
+    ):
+        paths = prepare_project(Path(tmp) / "project", params)
+        metric, threshold, points = _target(params, paths)
+        note(f"time to quality on {dataset}: target {metric} {'<=' if metric == 'fid' else '>='} {threshold:.4g}")
+        runs = []
+        for seed in seeds:
+            runs.append(_train_to_target(_params(dataset, seed), paths, metric, threshold))
+            note(f"  seed {seed}: {runs[-1]['seconds_to_target']:.1f} s, step {runs[-1]['steps_to_target']}")
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return {"dataset": dataset, "preset": str(PRESETS[dataset].relative_to(REPO)), "measured_at": stamp,
+            "metric": metric, "threshold": threshold, "reference_points": points, "score_every": SCORE_EVERY[dataset],
+            "cap_steps": params.train.steps, "scored_on": _scored_on(params), "runs": runs}  # fmt: skip
+
+
+def _scored_on(params: Params) -> str:
+    if params.sample.langevin_steps == 0:
+        return "raw G(z) (the model's output: sample.langevin_steps 0)"
+    return f"the model's output: G(z) after {params.sample.langevin_steps} Langevin steps (sample section)"
+
+
+def summarize(measured: dict[str, Any]) -> dict[str, Any]:
+    """Intervals over seeds of seconds, CPU seconds and steps to target; seeds that never reached it are
+    counted and left out of the intervals (and make the figure a lower bound: say so)."""
+    runs = measured["runs"]
+    reached = [run for run in runs if not math.isnan(run["seconds_to_target"])]
+    out = {key: measured[key] for key in ("preset", "metric", "threshold", "score_every", "cap_steps", "scored_on")}
+    out |= {"seeds": [run["seed"] for run in runs], "seeds_not_reached": [r["seed"] for r in runs if r not in reached]}
+    for key in ("seconds_to_target", "cpu_seconds_to_target", "steps_to_target"):
+        values = [float(run[key]) for run in reached]
+        out[key] = rounded_interval(mean_interval(values), 2) if values else None
+        out[f"{key}_per_seed"] = [round(float(run[key]), 2) for run in runs]
+    return out
+
+
+def sweep_rows(dataset: str) -> dict[str, Any] | None:
+    """seconds_to_target of the data set's default model in the sweep reports, where one records it."""
+    if dataset not in SWEEP_ROWS:
+        return None
+    name, match = SWEEP_ROWS[dataset]
+    with (REPO / name).open() as f:
+        rows = [row for row in csv.DictReader(f) if all(row[k] == v for k, v in match.items())]
+    return {"file": name, "rows": match, "seconds_to_target": [float(row["seconds_to_target"]) for row in rows],
+            "note": "history every train.eval_every = 1000 steps; trials ran side by side on the 2 cores"}  # fmt: skip
+
+
+def measure(quick: bool, train: bool = False, seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, object]:
+    if train:
+        measured = {dataset: train_seeds(dataset, list(seeds)) for dataset in PRESETS}
+        _write(measured)
+    elif RESULTS.exists():
+        measured = json.loads(RESULTS.read_text())
+        note(f"time to quality: read {RESULTS.relative_to(REPO)} (python -m benchmarks.time_to_quality trains)")
+    else:
+        return {"time_to_quality": None, "time_to_quality_note": f"{RESULTS.name} missing: run the module"}
+    out = {dataset: summarize(m) | {"measured_at": m.get("measured_at")} for dataset, m in measured.items()}
+    for dataset in out:
+        out[dataset]["sweep_report"] = sweep_rows(dataset)
+    return {"time_to_quality": out, "time_to_quality_source": "trained here" if train else str(RESULTS.name)}
+
+
+def _write(measured: dict[str, Any]) -> None:
+    RESULTS.write_text(json.dumps(measured, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--datasets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    args = parser.parse_args(argv)
+    measured = {dataset: train_seeds(dataset, args.seeds) for dataset in args.datasets}
+    if RESULTS.exists():  # keep the data sets not retrained
+        measured = json.loads(RESULTS.read_text()) | measured
+    _write(measured)
+    json.dump({d: summarize(m) for d, m in measured.items()}, sys.stderr, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
