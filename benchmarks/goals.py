@@ -68,6 +68,11 @@ def goals(result: dict[str, Any]) -> dict[str, dict]:
                 ttq["seconds_to_target"] | {"clock": "wall"},
                 "reported",
             )
+            rows[f"time_to_quality_{dataset}_cpu_s"] = _row(
+                f"reported: CPU seconds (this process) to {ttq['metric']} target {ttq['threshold']:.4g}",
+                ttq["cpu_seconds_to_target"] | {"clock": "cpu"},
+                "reported",
+            )
     for dataset, share in (result.get("langevin_share") or {}).items():
         rows[f"langevin_share_{dataset}"] = _row(
             f"reported: share of a training step in Langevin chains (cd_k {share['cd_k']})",
