@@ -23,7 +23,7 @@ from prefect.flows import load_flow_from_entrypoint
 
 from cdgan.errors import CdganError
 from cdgan.params import parse_params, read_params_yaml
-from pipelines import tune
+from pipelines import studies, tune
 from tests.conftest import REPO, make_project, tiny_raw
 
 LR = {"type": "float", "low": 1.0e-4, "high": 1.0e-3, "log": True}
@@ -71,7 +71,7 @@ def test_study_writes_the_best_preset_and_a_resumed_study_adds_trials(tmp_path: 
     result = tune.cdgan_tune(space="space.yaml", trials=2, name=name, project_dir=str(project))
 
     # then both trials completed, each scored by the FID its own pipeline run wrote
-    study = optuna.load_study(study_name=name, storage=tune.default_storage(project))
+    study = optuna.load_study(study_name=name, storage=studies.default_storage(project))
     first = study.get_trials()
     assert [t.state for t in first] == [TrialState.COMPLETE] * 2, first
     for trial in first:
@@ -100,16 +100,16 @@ def test_study_writes_the_best_preset_and_a_resumed_study_adds_trials(tmp_path: 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     interrupted = study.ask({"train.lr": optuna.distributions.FloatDistribution(1.0e-4, 1.0e-3, log=True)})
-    interrupted.set_user_attr(tune.OWNER_ATTR, f"{socket.gethostname()}:{gone.pid}")
+    interrupted.set_user_attr(studies.OWNER_ATTR, f"{socket.gethostname()}:{gone.pid}")
 
     # when the study runs again to 3 trials
     tune.cdgan_tune(space="space.yaml", trials=3, name=name, project_dir=str(project))
 
     # then it kept the first two, failed the interrupted one and ran it again with its params: 3 finished
-    trials = optuna.load_study(study_name=name, storage=tune.default_storage(project)).get_trials()
+    trials = optuna.load_study(study_name=name, storage=studies.default_storage(project)).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL, TrialState.COMPLETE]
     assert [(t.datetime_start, t.value) for t in trials[:2]] == [(t.datetime_start, t.value) for t in first]
-    assert trials[3].params == trials[2].params and trials[3].user_attrs[tune.REQUEUED_ATTR] == 2
+    assert trials[3].params == trials[2].params and trials[3].user_attrs[studies.REQUEUED_ATTR] == 2
     assert len(tune_parents(name)) == 2 and len(child_runs(tune_parents(name)[1].info.run_id)) == 1
 
 
@@ -229,21 +229,5 @@ def test_tune_deployment_loads_the_flow_with_its_parameters_and_a_valid_space() 
         assert loaded.name == "cdgan-tune"
         assert set(deployment["parameters"]) <= set(inspect.signature(loaded.fn).parameters), deployment
         loaded.validate_parameters(deployment["parameters"])
-        space = tune.read_space(REPO / deployment["parameters"]["space"], read_params_yaml(REPO / "params.yaml"))
+        space = studies.read_space(REPO / deployment["parameters"]["space"], read_params_yaml(REPO / "params.yaml"))
         assert space, deployment["parameters"]["space"]
-
-
-def test_study_plots_leave_matplotlib_style_as_it_was(tmp_path: Path) -> None:
-    # given a finished in-memory study, and the process's matplotlib settings before its plots
-    import matplotlib.pyplot as plt
-
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    study.optimize(lambda trial: trial.suggest_float("x", 0, 1) ** 2, n_trials=3)
-    before = dict(plt.rcParams)
-    # when the study's plots are written (optuna's plotting switches to its ggplot style)
-    paths = tune._write_plots(study, tmp_path)
-    # then the PNGs exist and later pictures of this process (sample grids, scatters) keep the default style
-    assert [p.name for p in paths] == ["history.png", "intermediate.png", "importances.png"]
-    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
-    changed = {k for k, v in plt.rcParams.items() if before.get(k) != v and not k.startswith("backend")}  # Agg: files
-    assert not changed, f"rcParams changed by the study's plots: {sorted(changed)[:5]}"
