@@ -17,7 +17,7 @@ from cdgan import distributed
 from cdgan.data import RealData, StreamedBatches
 from cdgan.errors import CdganError
 from cdgan.files import load_torch, save_torch
-from cdgan.losses import LOSSES, energy_magnitude, gradient_penalty, real_gradient_penalty, refine_langevin
+from cdgan.losses import LOSSES, Loss, energy_magnitude, gradient_penalty, real_gradient_penalty, refine_langevin
 from cdgan.models import EnergyNet, Generator, build_models
 from cdgan.params import ModelParams, TrainParams, is_image_shape
 
@@ -241,25 +241,41 @@ def _real_batch(params: TrainParams, s: TrainState, real: RealData) -> Tensor:
     return real[distributed.share(index)]
 
 
+def _negatives(params: TrainParams, s: TrainState, is_refined: bool) -> Tensor:
+    """G(z), detached and in fp32; for CD_k (`is_refined`) the chains after k Langevin steps on E, started from
+    G(z) or from replayed samples, and pushed to the replay buffer."""
+    with torch.no_grad():
+        x_fake = s.generator(_latents(params, s)).float()  # fp32 chains: bf16 would swallow small steps
+    if is_refined:
+        x_fake = _refine(params, s, _chain_starts(params, s, x_fake))
+        _push_replay(params, s, x_fake)
+    return x_fake
+
+
+def _energy_loss(
+    params: TrainParams, s: TrainState, loss: Loss, x_real: Tensor, x_fake: Tensor, e_real: Tensor, e_fake: Tensor
+) -> Tensor:
+    """The loss's energy-net term plus the penalties the loss and params ask for."""
+    loss_e = loss.energy(e_real, e_fake)
+    if loss.is_unbounded:
+        loss_e = loss_e + params.energy_reg * energy_magnitude(e_real, e_fake)
+    if loss.has_gradient_penalty:
+        alpha = distributed.share(torch.rand(params.batch_size, generator=s.rng, device=s.rng.device))
+        loss_e = loss_e + params.gp_weight * gradient_penalty(s.energy, x_real, x_fake, alpha)
+    if params.real_gp:
+        loss_e = loss_e + params.real_gp * real_gradient_penalty(s.energy, x_real)
+    return loss_e
+
+
 def energy_step(params: TrainParams, s: TrainState, real: RealData) -> dict[str, Tensor]:
-    """One energy-net step on this rank's share of a global batch (all of it outside torchrun)."""
+    """One energy-net step on this rank's share of a global batch (all of it outside torchrun), in dcgan's
+    order: energy on real data, energy on the detached negatives, then the energy net's update."""
     loss = LOSSES[params.loss]
     x_real = _real_batch(params, s, real)
     with _autocast(params, s):
-        with torch.no_grad():
-            x_fake = s.generator(_latents(params, s)).float()  # fp32 chains: bf16 would swallow small steps
-        if loss.refines_negatives:  # CD_k: the negatives are G(z) (or replayed samples) after k Langevin steps
-            x_fake = _refine(params, s, _chain_starts(params, s, x_fake))
-            _push_replay(params, s, x_fake)
+        x_fake = _negatives(params, s, loss.refines_negatives)
         e_real, e_fake = s.energy(x_real), s.energy(x_fake)
-        loss_e = loss.energy(e_real, e_fake)
-        if loss.is_unbounded:
-            loss_e = loss_e + params.energy_reg * energy_magnitude(e_real, e_fake)
-        if loss.has_gradient_penalty:
-            alpha = distributed.share(torch.rand(params.batch_size, generator=s.rng, device=s.rng.device))
-            loss_e = loss_e + params.gp_weight * gradient_penalty(s.energy, x_real, x_fake, alpha)
-        if params.real_gp:
-            loss_e = loss_e + params.real_gp * real_gradient_penalty(s.energy, x_real)
+        loss_e = _energy_loss(params, s, loss, x_real, x_fake, e_real, e_fake)
     _update(s.energy, s.opt_e, loss_e)
     return {"loss_e": loss_e.detach(), "e_real": e_real.mean().detach(), "e_fake": e_fake.mean().detach()}
 
