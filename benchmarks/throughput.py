@@ -27,7 +27,7 @@ from rich.progress import Progress
 from torch import Tensor
 
 from cdgan import stages
-from cdgan.data import load_dataset
+from cdgan.data import device_or_stream, load_dataset
 from cdgan.models import EnergyNet, Generator, build_models
 from cdgan.params import ModelParams, Params, Paths, TrainParams, parse_params
 from cdgan.train import fit, init_state
@@ -210,7 +210,7 @@ def fit_arm(params: Params, x: np.ndarray, device: torch.device = CPU) -> Callab
     def arm() -> Timing:
         with torch_globals():
             state = init_state(params.model, params.train, tuple(x.shape[1:]), device)
-            real = stages.device_or_stream(params.train, x, 0, device)
+            real = device_or_stream(params.train, x, 0, device)
 
             def run() -> None:
                 fit(state, real, params.train, no_log)
