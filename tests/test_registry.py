@@ -17,7 +17,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from cdgan import registry, stages, tracking
+from cdgan import registry, stages, store
 from cdgan.models import build_models
 from cdgan.params import ModelParams, Params, Paths, RegisterParams, SampleParams
 from tests.conftest import REPO, run
@@ -87,7 +87,7 @@ def test_concurrent_registrations_take_turns_on_the_alias_and_the_better_one_win
     client = MlflowClient(mlflow_uri)
 
     # given the alias lock held here while two processes register versions (modes 20, then the better 25)
-    with tracking.store_lock(mlflow_uri, f"alias-{name}"):
+    with store.store_lock(mlflow_uri, f"alias-{name}"):
         procs = {
             modes: subprocess.Popen(
                 [sys.executable, "-c", _REGISTER, sampler_uri, name, str(modes)],

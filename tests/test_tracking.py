@@ -23,7 +23,8 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from cdgan import tracking
+from cdgan import store, tracking
+from cdgan.errors import Terminated
 from cdgan.params import Params, Paths
 from tests.conftest import BIN, REPO, free_port, run, start_server, stop_group
 
@@ -129,7 +130,7 @@ def test_a_bad_metric_is_a_bug_and_raises_not_buffered(
     # then the refusal failed the block and the run, the good metric arrived, and nothing waits to be retried
     run = MlflowClient(mlflow_uri).get_run(run_id)
     assert run.data.metrics == {"good": 1.0} and run.info.status == "FAILED"
-    assert not (paths.mlruns / tracking.PENDING_DIR / f"{run_id}.jsonl").exists()
+    assert not (paths.mlruns / store.PENDING_DIR / f"{run_id}.jsonl").exists()
 
 
 def test_a_log_call_does_not_wait_for_the_store(
@@ -191,8 +192,8 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _keeps_tracking_uri:
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # only cdgan's retries, so the test is quick
-    monkeypatch.setattr(tracking, "RETRY_DELAYS", (0.2,))
-    monkeypatch.setattr(tracking, "END_RETRY_DELAYS", (0.2, 0.2))
+    monkeypatch.setattr(store, "RETRY_DELAYS", (0.2,))
+    monkeypatch.setattr(store, "END_RETRY_DELAYS", (0.2, 0.2))
     handle = _Server(cmd, url, env, tmp_path / "server.log")
     handle.start()
     try:
@@ -209,7 +210,7 @@ def test_metrics_logged_while_the_server_is_down_are_kept_then_flushed(
     with tracking.tracked_run(tiny_params, paths) as run_id:
         tracking.log_metrics(0, {"loss": 1.0})
         tracking.wait_for_metrics()
-        pending = paths.mlruns / tracking.PENDING_DIR / f"{run_id}.jsonl"
+        pending = paths.mlruns / store.PENDING_DIR / f"{run_id}.jsonl"
 
         # when the server stops between two log calls
         server.stop()
@@ -242,12 +243,12 @@ def test_the_run_end_is_tried_again_with_backoff_until_the_server_is_back(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # given end retries spanning a minute, long enough for a server restart
-    monkeypatch.setattr(tracking, "END_RETRY_DELAYS", (1.0, 2.0, 4.0, 8.0, 16.0, 32.0))
+    monkeypatch.setattr(store, "END_RETRY_DELAYS", (1.0, 2.0, 4.0, 8.0, 16.0, 32.0))
     paths = Paths(tmp_path / "project")
     restart = threading.Thread(target=server.start)
 
     # when the server stops just before the run ends, and comes back while it ends
-    with caplog.at_level(logging.INFO, logger="cdgan.tracking"), tracking.tracked_run(tiny_params, paths) as run_id:
+    with caplog.at_level(logging.INFO, logger="cdgan.store"), tracking.tracked_run(tiny_params, paths) as run_id:
         tracking.log_metrics(0, {"loss": 1.0})
         tracking.wait_for_metrics()
         server.stop()
@@ -257,9 +258,7 @@ def test_the_run_end_is_tried_again_with_backoff_until_the_server_is_back(
     # then the end was refused at first, tried again, and reached the store: nothing pending
     assert any("trying again" in record.getMessage() for record in caplog.records), "the first end did not fail"
     assert MlflowClient(server.url).get_run(run_id).info.status == "FINISHED"
-    assert not (paths.mlruns / tracking.PENDING_DIR).exists() or not any(
-        (paths.mlruns / tracking.PENDING_DIR).iterdir()
-    )
+    assert not (paths.mlruns / store.PENDING_DIR).exists() or not any((paths.mlruns / store.PENDING_DIR).iterdir())
 
 
 def test_closing_a_run_on_a_dead_server_does_not_wait_out_mlflow_s_own_retries(
@@ -279,7 +278,7 @@ def test_closing_a_run_on_a_dead_server_does_not_wait_out_mlflow_s_own_retries(
 
     # then the end goes to the pending file after cdgan's own backoff (here 0.4 s), not MLflow's minutes
     assert seconds < 60, f"closing took {seconds:.0f}s: it waited out MLflow's HTTP retries"
-    rows = [json.loads(line) for line in (paths.mlruns / tracking.PENDING_DIR / f"{run_id}.jsonl").open()]
+    rows = [json.loads(line) for line in (paths.mlruns / store.PENDING_DIR / f"{run_id}.jsonl").open()]
     assert [(row["kind"], row["status"]) for row in rows] == [("end", "FINISHED")]
     assert mlflow.active_run() is None, "the run is still open in this process"
 
@@ -288,7 +287,7 @@ def test_a_run_that_ends_while_the_server_is_down_is_ended_later_from_the_pendin
     tiny_params: Params, tmp_path: Path, server: _Server
 ) -> None:
     paths = Paths(tmp_path / "project")
-    pending_dir = paths.mlruns / tracking.PENDING_DIR
+    pending_dir = paths.mlruns / store.PENDING_DIR
     client = MlflowClient(server.url)
     csv = tmp_path / "losses.csv"
     csv.write_text("step,loss\n1,2.0\n")
@@ -353,7 +352,7 @@ def test_a_locked_sqlite_store_is_tried_again_not_fatal(
     uri = f"sqlite:///{db}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     paths = Paths(tmp_path / "project")
-    with caplog.at_level(logging.INFO, logger="cdgan.tracking"), tracking.tracked_run(tiny_params, paths) as run_id:
+    with caplog.at_level(logging.INFO, logger="cdgan.store"), tracking.tracked_run(tiny_params, paths) as run_id:
         # given another process holding the database's write lock past MLflow's busy timeout (20 s)
         holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(db), "22"], stdout=subprocess.PIPE, text=True)
         assert holder.stdout.readline() == "locked\n"
@@ -365,7 +364,7 @@ def test_a_locked_sqlite_store_is_tried_again_not_fatal(
     # then the store said "database is locked", cdgan tried again, and the metric reached the run directly
     assert any("database is locked" in record.getMessage() for record in caplog.records), "the lock did not bite"
     assert MlflowClient(uri).get_run(run_id).data.metrics == {"loss": 1.0}
-    assert not (paths.mlruns / tracking.PENDING_DIR).exists(), "nothing needed the pending file"
+    assert not (paths.mlruns / store.PENDING_DIR).exists(), "nothing needed the pending file"
 
 
 def test_ctrl_c_during_a_sqlite_write_lands_after_it_and_the_run_still_ends(
@@ -397,7 +396,52 @@ def test_ctrl_c_during_a_sqlite_write_lands_after_it_and_the_run_still_ends(
     run = MlflowClient(uri).get_run(run_id)
     assert run.data.tags["stage"] == "train"
     assert run.info.status == "FAILED"
-    assert not (paths.mlruns / tracking.PENDING_DIR).exists()
+    assert not (paths.mlruns / store.PENDING_DIR).exists()
+
+
+@pytest.fixture
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises Terminated in this process, as under `cdgan`'s CLI, for the test."""
+
+    def terminate(_signum: int, _frame: object) -> None:
+        raise Terminated
+
+    before = signal.signal(signal.SIGTERM, terminate)
+    yield
+    signal.signal(signal.SIGTERM, before)
+
+
+def test_sigterm_during_a_sqlite_write_lands_after_it_and_the_run_ends_killed(
+    tiny_params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _keeps_tracking_uri: None,
+    _sigterm_raises: None,
+) -> None:  # fmt: skip
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    paths = Paths(tmp_path / "project")
+    sent: list[str] = []
+
+    def sigterm_inside_the_tags_insert(_conn, _cursor, statement: str, *_args) -> None:
+        if statement.startswith("INSERT INTO tags") and not sent:
+            sent.append(statement)
+            signal.raise_signal(signal.SIGTERM)  # Python runs the handler here, inside the write's transaction
+
+    # given a run on a SQLite store
+    with pytest.raises(Terminated), tracking.tracked_run(tiny_params, paths) as run_id:
+        tracking.log_metrics(0, {"loss": 1.0})
+        event.listen(Engine, "after_cursor_execute", sigterm_inside_the_tags_insert)
+        try:
+            # when SIGTERM comes in the middle of writing a tag
+            tracking.set_tags({"stage": "train"})
+        finally:
+            event.remove(Engine, "after_cursor_execute", sigterm_inside_the_tags_insert)
+        pytest.fail("SIGTERM was lost")
+    assert sent, "test setup: the tag was not written by an INSERT"
+
+    # then the write finished first, the metric logged before it arrived, and the run ended KILLED in the store
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.data.tags["stage"] == "train" and run.data.metrics == {"loss": 1.0}
+    assert run.info.status == "KILLED"
+    assert not (paths.mlruns / store.PENDING_DIR).exists()
 
 
 # Starts a run in a fresh process once the test says go, so that several open one new SQLite store together.

@@ -1,4 +1,4 @@
-"""The one user-facing exception."""
+"""The one user-facing exception, and SIGTERM as an exception."""
 
 
 class CdganError(Exception):
@@ -6,3 +6,8 @@ class CdganError(Exception):
 
     The message names the thing and the fix; the CLI prints it on one line and exits 1.
     """
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread by the handler the CLI installs, as Python raises KeyboardInterrupt
+    for SIGINT: not an Exception, so no `except Exception` stops it. An open MLflow run ends KILLED."""

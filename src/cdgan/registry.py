@@ -26,7 +26,7 @@ from cdgan.files import load_torch, save_torch
 from cdgan.models import EnergyNet, Generator, build_models
 from cdgan.params import ModelParams, SampleParams
 from cdgan.sampler import draw_samples
-from cdgan.tracking import retried, store_lock
+from cdgan.store import retried, store_lock
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 FORMATS = ("array", "png")  # the Sampler's predict param `format`

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from cdgan import registry, tracking
+from cdgan import registry
+from cdgan.store import store_lock
 from tests.conftest import BIN, make_project, tiny_raw
 
 DEADLINE_SECONDS = 900  # two tiny pipelines sharing a busy 2-core machine
@@ -42,7 +43,7 @@ def test_two_pipelines_at_once_on_one_store_keep_their_runs_and_the_better_is_ch
 
     # when both run `dvc repro` at the same time, while this test holds the champion lock until both have
     # registered a version, so that their alias decisions surely overlap
-    with tracking.store_lock(uri, f"alias-{name}"):
+    with store_lock(uri, f"alias-{name}"):
         procs = {
             f"seed{seed}": subprocess.Popen(
                 ["dvc", "repro"], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -50,7 +51,7 @@ def test_two_pipelines_at_once_on_one_store_keep_their_runs_and_the_better_is_ch
             for seed, project in projects.items()
         }
         _poll(procs, store.exists)
-        with tracking.store_lock(uri, "init"):  # the pipelines create the tables under this lock
+        with store_lock(uri, "init"):  # the pipelines create the tables under this lock
             client = MlflowClient(uri)
             client.search_registered_models(max_results=1)
 

@@ -1,0 +1,383 @@
+"""Getting a run's records into the MLflow store: the store's set-up and locks, retries of transient failures,
+one sender thread per open run, the outbox (mlruns/pending/) for what the store cannot take yet, and store calls
+that Ctrl-C or SIGTERM cannot cut in half. Only what MLflow does not do itself."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import mlflow
+import requests
+from filelock import FileLock, Timeout
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from cdgan.errors import CdganError, Terminated
+from cdgan.files import write_atomic
+
+RETRY_DELAYS = (1.0, 2.0)  # seconds before the 2nd and 3rd try of a store call (after MLflow's own HTTP retries)
+END_RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # the run's end is tried longer: it is the one call that settles its status
+OFFLINE_SECONDS = 30.0  # after a log call failed for good, later ones go straight to the pending file this long
+PENDING_DIR = "pending"  # under mlruns/: <run id>.jsonl (and <run id>/ for artifacts) the store did not take yet
+HTTP_RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"  # MLflow's retries inside each call: 7, minutes in all
+LOCK_SECONDS = 300.0  # waiting longer for a store lock means a stuck process: fail with its path
+_log = logging.getLogger(__name__)
+
+
+def open_store(uri: str) -> None:
+    """Point MLflow at store `uri` and fail fast, before any work, if it cannot be reached."""
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except requests.RequestException as err:
+            raise CdganError(
+                f"MLFLOW_TRACKING_URI={uri} is unreachable ({type(err).__name__}); start the server "
+                "(mlflow server) or unset MLFLOW_TRACKING_URI to use the local store in mlruns/"
+            ) from None
+    elif scheme == "sqlite":
+        sqlite_path(uri).parent.mkdir(parents=True, exist_ok=True)
+        # MLflow creates a fresh database's tables without a lock: two processes starting on one new file
+        # both try, and one fails. Opening both stores (tracking, registry) under the lock creates them once.
+        with store_lock(uri, "init"):
+            retried(lambda: MlflowClient(uri).search_experiments(max_results=1))
+            retried(lambda: MlflowClient(uri).search_registered_models(max_results=1))
+    mlflow.set_tracking_uri(uri)
+
+
+def sqlite_path(uri: str) -> Path:
+    return Path(uri.removeprefix("sqlite:///"))
+
+
+@contextmanager
+def store_lock(uri: str, key: str) -> Iterator[None]:
+    """An exclusive OS file lock named `key`, shared by every process on this machine that uses store `uri`.
+
+    MLflow has no lock of its own for what takes several store calls (creating the tables, moving an alias).
+    For a SQLite store the lock file sits beside the database (.cdgan-locks/), so every process that opens
+    that file shares it, however its URI spells the path; for other stores it sits in the temp directory
+    under a hash of the URI, so it serialises the processes on this machine that use that exact URI. It is
+    an flock: the kernel drops it when its process dies, so a crash never leaves the store locked (it does
+    not hold across machines, nor reliably on network file systems).
+    """
+    is_sqlite = urlparse(uri).scheme == "sqlite"
+    folder = sqlite_path(uri).parent / ".cdgan-locks" if is_sqlite else None
+    if folder is not None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:  # a read-only folder: this process cannot write the store there either, any lock will do
+            folder = None
+    if folder is None:
+        key_uri = str(sqlite_path(uri).resolve()) if is_sqlite else uri
+        folder = Path(tempfile.gettempdir()) / "cdgan-locks" / hashlib.sha256(key_uri.encode()).hexdigest()[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^\w.-]", "_", key)[:60] + "-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+    lock = FileLock(folder / f"{name}.lock", timeout=LOCK_SECONDS, mode=0o666)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise CdganError(
+            f"{lock.lock_file}: held by another process for over {LOCK_SECONDS:.0f}s (a cdgan stage writing to "
+            f"{uri}); wait for it, or stop that process if it hangs"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def is_transient(err: BaseException) -> bool:
+    """Worth another try: the store was unreachable, overloaded or locked, not a bad request.
+
+    A server that cannot be reached surfaces as MlflowException INTERNAL_ERROR (500), a locked SQLite file
+    ("database is locked") as TEMPORARILY_UNAVAILABLE (503), a rate limit as 429.
+    """
+    if isinstance(err, MlflowException):
+        return err.get_http_status_code() >= 500 or err.get_http_status_code() == 429
+    return isinstance(err, requests.RequestException | ConnectionError | TimeoutError)
+
+
+def retried(call: Callable[[], Any], delays: tuple[float, ...] | None = None) -> Any:
+    """`call()`, tried again after each of `delays` (default RETRY_DELAYS) seconds while it fails transiently.
+
+    MLflow retries only HTTP calls, not a locked SQLite file, and gives up on a server that is down for
+    longer than its backoff. At least once: use it for calls whose repetition is harmless (a SQLite error
+    rolls the call back; a server that took a request but did not answer may see it twice).
+    """
+    for delay in (*(RETRY_DELAYS if delays is None else delays), None):  # None: the last try
+        try:
+            with _signals_after_the_call():
+                return call()
+        except Exception as err:
+            if delay is None or not is_transient(err):
+                raise
+            _log.info("MLflow store call failed (%s); trying again in %.0fs", err, delay)
+            time.sleep(delay)
+
+
+@contextmanager
+def _signals_after_the_call() -> Iterator[None]:
+    """Ctrl-C or SIGTERM during a SQLite store call takes effect when the call returns: an exception raised
+    inside a write leaves its connection holding the database lock, and every later call of this process,
+    the run's end included, then waits on "database is locked" (MLflow does not guard its writes so). HTTP
+    stores keep the signal at once (a call may retry for minutes), and so do threads other than the main
+    one, which cannot set signal handlers. Only Python handlers are deferred: a signal left to the OS
+    (SIG_DFL, SIG_IGN) does what it always does."""
+    handlers = {}
+    if mlflow.get_tracking_uri().startswith("sqlite:") and threading.current_thread() is threading.main_thread():
+        handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+        handlers = {signum: handler for signum, handler in handlers.items() if callable(handler)}
+    caught: list[int] = []
+    for signum in handlers:
+        signal.signal(signum, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(caught):  # each signal once, in the order they came
+            handlers[signum](signum, None)  # raises KeyboardInterrupt, Terminated, ...
+
+
+@dataclass
+class _Pending:
+    """What the open run could not log yet, one JSON line per call, in order, until sent: metrics (step, time,
+    values), artifacts (a copy under <run id>/) and the run's end (status, time)."""
+
+    path: Path  # mlruns/pending/<run id>.jsonl
+    retry_at: float = 0.0  # time.monotonic() before which log calls skip the store
+
+    @property
+    def files(self) -> Path:
+        return self.path.with_suffix("")  # mlruns/pending/<run id>/: copies of artifacts not yet logged
+
+    def append(self, line: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:  # appends, not write_atomic: a crash keeps every line written so far
+            f.write(json.dumps(line) + "\n")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def is_closed(self) -> bool:
+        """The run ended here (its end is a line): no process appends to this file any more."""
+        return self.path.exists() and any(row.get("kind") == "end" for row in self.rows())
+
+
+@dataclass
+class OpenRun:
+    """Delivery for the run `open_run` holds: metrics go to the store from one thread of their own, in order,
+    so a log call never waits on the store; what the store cannot take goes to `pending`.
+
+    Not MLflow's asynchronous logging (`synchronous=False`): it costs the training thread ~40 times the CPU
+    per call and stores no sooner (benchmarks/logging_async.py), and neither retries nor keeps what fails.
+    """
+
+    run_id: str
+    pending: _Pending
+    client: MlflowClient = field(default_factory=MlflowClient)  # explicit run ids: MLflow's active run is per thread
+    sender: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdgan-metrics")
+    )
+    refused: Exception | None = None  # the first metric the store refused as a bad request
+
+    def log_metrics(self, step: int | None, timestamp: int, values: dict[str, float]) -> None:
+        """Queue the values for the sender thread; raise what the store refused of earlier ones."""
+        self.raise_refused()
+        self.sender.submit(self._send_metrics, {"kind": "metrics", "step": step, "timestamp": timestamp,
+                                                "values": values})  # fmt: skip
+
+    def wait(self) -> None:
+        """Return once the queued metrics reached the store or the pending file."""
+        self.sender.submit(lambda: None).result()  # one sender thread: its queue is done when this is
+
+    def log_artifact(self, path: Path, folder: str | None) -> None:
+        """Log a file; a store that cannot take it gets a copy later (kept under mlruns/pending/<run id>/, so
+        later edits of `path` do not change it)."""
+        if not _logged(lambda: mlflow.log_artifact(str(path), artifact_path=folder), f"artifact {path}", self.pending):
+            self.pending.files.mkdir(parents=True, exist_ok=True)
+            copy = Path(tempfile.mkdtemp(dir=self.pending.files)) / path.name  # one folder per call: names may repeat
+            shutil.copy2(path, copy)
+            self.pending.append({"kind": "artifact", "path": str(copy), "folder": folder})
+
+    def _send_metrics(self, row: dict[str, Any]) -> None:
+        try:
+            if not _logged(
+                lambda: _send(self.client, self.run_id, row), f"metrics at step {row['step']}", self.pending
+            ):
+                self.pending.append(row)
+        except Exception as err:  # not transient: a bad name or value, the caller's bug
+            self.refused = self.refused or err
+
+    def raise_refused(self) -> None:
+        if self.refused is not None:
+            raise self.refused
+
+
+@contextmanager
+def open_run(mlruns: Path, run_id: str) -> Iterator[OpenRun]:
+    """The active run's sender and pending file for the block, both emptied when it ends; then the run ends,
+    never left RUNNING: FINISHED, KILLED on SIGTERM (Terminated), FAILED on an error or Ctrl-C.
+
+    What the store cannot take waits in mlruns/pending/<run id>.jsonl, and so does the end (with its time) if
+    the store is still down after END_RETRY_DELAYS; it is sent at the end of the block if the store is back,
+    else by `flush_closed` when the next run in this project starts."""
+    run = OpenRun(run_id, _Pending(mlruns / PENDING_DIR / f"{run_id}.jsonl"))
+    try:
+        try:
+            yield run
+        finally:  # also after an error: what was measured still reaches the (FAILED) run
+            run.sender.shutdown(wait=True)  # queued metrics reach the store or the pending file first
+            _flush(run.pending, run_id)
+        run.raise_refused()
+    except BaseException as err:
+        _end_run(run_id, "KILLED" if isinstance(err, Terminated) else "FAILED", run.pending)
+        raise
+    _end_run(run_id, "FINISHED", run.pending)
+
+
+def _end_run(run_id: str, status: str, pending: _Pending) -> None:
+    """End the active run; a store that stays down through END_RETRY_DELAYS gets the end later, from the
+    pending file, with this end time (the retries only delay the close; the stage itself succeeds)."""
+    end_time = int(time.time() * 1000)
+
+    def end() -> None:
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            with _without_http_retries():  # a dead server fails this first try at once; the backoff is ours
+                mlflow.end_run(status)  # takes the run off this process's stack first, then tells the store
+        else:  # a retry: the run is off the stack already
+            _check_reachable()
+            MlflowClient().set_terminated(run_id, status, end_time)
+
+    try:
+        retried(end, END_RETRY_DELAYS)
+    except Exception as err:
+        if not is_transient(err):
+            raise
+        pending.append({"kind": "end", "status": status, "end_time": end_time})
+        _log.warning("MLflow did not take the end (%s) of run %s (%s); kept in %s", status, run_id, err, pending.path)
+
+
+@contextmanager
+def _without_http_retries() -> Iterator[None]:
+    """MLflow's own HTTP retries off for the block (it reads MLFLOW_HTTP_REQUEST_MAX_RETRIES at each call, and
+    has no per-call setting): `mlflow.end_run` is the one way to take the run off MLflow's stack, and it
+    calls the store."""
+    before = os.environ.get(HTTP_RETRIES_ENV)
+    os.environ[HTTP_RETRIES_ENV] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[HTTP_RETRIES_ENV]
+        else:
+            os.environ[HTTP_RETRIES_ENV] = before
+
+
+def _check_reachable() -> None:
+    """Fail at once (a transient RequestException) if a tracking server does not answer /health.
+
+    MLflow retries a call to a dead server for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES, 7 by default, with
+    doubling backoff); the close of a run probes first, so that waiting out an outage takes END_RETRY_DELAYS,
+    not that times each try. Local stores need no probe.
+    """
+    uri = mlflow.get_tracking_uri()
+    if urlparse(uri).scheme in ("http", "https"):
+        requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+
+
+def _logged(call: Callable[[], Any], what: str, pending: _Pending) -> bool:
+    """Run a log call: True if the store took it, False if it belongs in the open run's `pending` file."""
+    if time.monotonic() < pending.retry_at:
+        return False
+    try:
+        retried(call)
+        return True
+    except Exception as err:
+        if not is_transient(err):
+            raise
+        pending.retry_at = time.monotonic() + OFFLINE_SECONDS
+        _log.warning("MLflow did not take %s (%s); kept in %s", what, err, pending.path)
+        return False
+
+
+def _send(client: MlflowClient, run_id: str, row: dict[str, Any]) -> None:
+    kind = row.get("kind", "metrics")  # lines written before kinds existed hold metrics
+    if kind == "metrics":
+        batch = [Metric(key, value, row["timestamp"], row["step"] or 0) for key, value in row["values"].items()]
+        client.log_batch(run_id, metrics=batch)
+    elif kind == "artifact":
+        client.log_artifact(run_id, row["path"], row["folder"])
+    else:
+        client.set_terminated(run_id, row["status"], row["end_time"])
+
+
+def _flush(pending: _Pending, run_id: str) -> None:
+    """Send the pending file's lines to the run, in order, then delete it and its copies; lines the store
+    still refuses stay."""
+    if not pending.path.exists():
+        return
+    rows = pending.rows()
+    client = MlflowClient()
+    try:
+        retried(_check_reachable)
+    except requests.RequestException as err:
+        _log.warning("MLflow is still unreachable (%s); %d lines of run %s stay in %s", err, len(rows), run_id,
+                     pending.path)  # fmt: skip
+        return
+    for done, row in enumerate(rows):
+        try:
+            retried(lambda row=row: _send(client, run_id, row))
+        except Exception as err:
+            if not is_transient(err):
+                raise
+            left = "".join(json.dumps(row) + "\n" for row in rows[done:])
+            write_atomic(pending.path, lambda tmp, left=left: tmp.write_text(left))
+            _log.warning("MLflow still refuses %d pending lines of run %s (%s); kept in %s", len(rows) - done,
+                         run_id, err, pending.path)  # fmt: skip
+            return
+    pending.path.unlink()
+    if pending.files.exists():
+        shutil.rmtree(pending.files)
+
+
+def flush_closed(mlruns: Path) -> None:
+    """Send what runs that ended while the store was down left in mlruns/pending/.
+
+    Only files whose run has ended (an `end` line): a file without one belongs to a run that is open in a
+    process now, or that died, and goes out when a stage continues that run. A run this store does not
+    know (MLFLOW_TRACKING_URI changed since) keeps its file for the store that holds it.
+    """
+    folder = mlruns / PENDING_DIR
+    if not folder.is_dir():
+        return
+    client = MlflowClient()
+    for path in sorted(folder.glob("*.jsonl")):
+        pending = _Pending(path)
+        if not pending.is_closed():
+            continue
+        try:
+            retried(lambda path=path: client.get_run(path.stem))
+        except Exception as err:
+            if is_transient(err) or (isinstance(err, MlflowException) and err.get_http_status_code() == 404):
+                continue  # the store is still down (next time), or the run is another store's
+            raise
+        _flush(pending, path.stem)
