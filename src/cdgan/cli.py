@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -12,10 +13,11 @@ import click
 import typer
 from rich.console import Console
 
-from cdgan.errors import CdganError
+from cdgan.errors import CdganError, Terminated
 from cdgan.params import Paths, load_params
 
 INTERRUPTED = 130  # exit code of a command stopped by Ctrl-C (128 + SIGINT)
+TERMINATED = 143  # exit code of a command stopped by SIGTERM (128 + SIGTERM), as a shell reports it
 app = typer.Typer(
     name="cdgan",
     help="Contrastive-divergence GANs: prepare -> train -> evaluate -> register, then sample.",
@@ -119,15 +121,27 @@ def probe(
     console.print(f"wrote {result.csv} and {result.png}")
 
 
+def _terminate(_signum: int, _frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> None:
+    # SIGTERM (Prefect cancelling a flow run, `kill`, a scheduler, `systemctl stop`) stops a command as Ctrl-C
+    # does: the exception unwinds the stage, the resume checkpoint stays, the MLflow run ends (KILLED)
+    before = signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(args=argv, prog_name="cdgan", standalone_mode=False)
+    except Terminated:
+        print("cdgan: terminated (rerun it: train resumes from its last checkpoint)", file=sys.stderr)
+        raise SystemExit(TERMINATED) from None
     except CdganError as err:
         print(f"cdgan: error: {err}", file=sys.stderr)  # one line, no traceback
         raise SystemExit(1) from None
     except click.ClickException as err:  # bad flags: click's own message and exit code 2
         err.show()
         raise SystemExit(err.exit_code) from None
+    finally:
+        signal.signal(signal.SIGTERM, before)
     if code == INTERRUPTED:  # typer turns Ctrl-C into this return value instead of raising
         print("cdgan: interrupted (rerun it: train resumes from its last checkpoint)", file=sys.stderr)
         raise SystemExit(code)
