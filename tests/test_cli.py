@@ -1,7 +1,9 @@
-"""The `cdgan` console script: help, one-line errors with exit code 1, nothing written on bad input."""
+"""The `cdgan` console script: help, one-line errors with exit code 1, nothing written on bad input; Ctrl-C and
+SIGTERM stop it with the resume checkpoint kept."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,8 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from cdgan.cli import main
+from cdgan.files import load_torch
 from cdgan.params import Paths
 from tests.conftest import BIN, default_sigint, run, tiny_raw
 
@@ -153,3 +157,40 @@ def test_ctrl_c_exits_130_with_one_line_and_keeps_the_checkpoint(tmp_path: Path,
     assert train.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("cdgan: interrupted"), err
     assert any(Paths(tmp_path).resume.glob("*.pt"))
+
+
+def test_sigterm_exits_143_ends_the_run_killed_and_the_rerun_resumes(tmp_path: Path, spawn: Callable) -> None:
+    # given a real `cdgan train` on its own SQLite store, past its first resume checkpoint
+    raw = tiny_raw(
+        data={"dataset": "grid25", "n_points": 2000},
+        train={"steps": 600, "checkpoint_every": 10, "log_every": 100, "eval_every": 0, "cd_k": 1},
+    )
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": uri}
+    run(["cdgan", "prepare"], tmp_path)
+    train = spawn(["cdgan", "train"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    resume_dir = Paths(tmp_path).resume
+    deadline = time.monotonic() + 300  # imports and store creation take minutes on a busy 2-core machine
+    while not any(resume_dir.glob("*.pt")) and train.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert train.poll() is None, "test setup: training ended before its first checkpoint"
+    assert any(resume_dir.glob("*.pt")), "test setup: no checkpoint within 300 s"
+
+    # when it is sent SIGTERM, as Prefect, `kill` or `systemctl stop` do
+    train.send_signal(signal.SIGTERM)
+    _, err = train.communicate(timeout=120)
+
+    # then: exit 143, one line saying so, the checkpoint kept, and the MLflow run ended KILLED, not RUNNING
+    assert train.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("cdgan: terminated"), err
+    (checkpoint,) = resume_dir.glob("*.pt")
+    run_id = load_torch(checkpoint)["meta"]["mlflow_run_id"]
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "KILLED"
+
+    # and a rerun resumes from the checkpoint (whose meta names the run), continuing that run to its end
+    run(["cdgan", "train"], tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    assert json.loads((tmp_path / "metrics" / "train.json").read_text())["mlflow_run_id"] == run_id
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert not any(resume_dir.glob("*.pt")), "a finished run leaves no resume checkpoint"
