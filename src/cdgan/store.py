@@ -5,18 +5,20 @@ that Ctrl-C or SIGTERM cannot cut in half. Only what MLflow does not do itself."
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,9 +250,18 @@ def open_run(mlruns: Path, run_id: str) -> Iterator[OpenRun]:
             _flush(run.pending, run_id)
         run.raise_refused()
     except BaseException as err:
-        _end_run(run_id, "KILLED" if isinstance(err, Terminated) else "FAILED", run.pending)
+        _end_run(run_id, "KILLED" if _is_terminated(err) else "FAILED", run.pending)
         raise
     _end_run(run_id, "FINISHED", run.pending)
+
+
+def _is_terminated(err: BaseException | None) -> bool:
+    """SIGTERM unwound the block, also when cleanup then raised (a write to the closed pipe of a dead dvc)."""
+    while err is not None:
+        if isinstance(err, Terminated):
+            return True
+        err = err.__context__
+    return False
 
 
 def _end_run(run_id: str, status: str, pending: _Pending) -> None:
@@ -260,12 +271,18 @@ def _end_run(run_id: str, status: str, pending: _Pending) -> None:
 
     def end() -> None:
         active = mlflow.active_run()
-        if active is not None and active.info.run_id == run_id:
-            with _without_http_retries():  # a dead server fails this first try at once; the backoff is ours
-                mlflow.end_run(status)  # takes the run off this process's stack first, then tells the store
-        else:  # a retry: the run is off the stack already
-            _check_reachable()
-            MlflowClient().set_terminated(run_id, status, end_time)
+        # MLflow prints the run's link before it tells the store: on the closed pipe of a dead `dvc repro`
+        # (a cancelled Prefect flow run) that write failed the end and left the run RUNNING
+        printed = io.StringIO()
+        with redirect_stdout(printed):
+            if active is not None and active.info.run_id == run_id:
+                with _without_http_retries():  # a dead server fails this first try at once; the backoff is ours
+                    mlflow.end_run(status)  # takes the run off this process's stack first, then tells the store
+            else:  # a retry: the run is off the stack already
+                _check_reachable()
+                MlflowClient().set_terminated(run_id, status, end_time)
+        with suppress(OSError):
+            sys.stdout.write(printed.getvalue())
 
     try:
         retried(end, END_RETRY_DELAYS)
@@ -278,9 +295,8 @@ def _end_run(run_id: str, status: str, pending: _Pending) -> None:
 
 @contextmanager
 def _without_http_retries() -> Iterator[None]:
-    """MLflow's own HTTP retries off for the block (it reads MLFLOW_HTTP_REQUEST_MAX_RETRIES at each call, and
-    has no per-call setting): `mlflow.end_run` is the one way to take the run off MLflow's stack, and it
-    calls the store."""
+    """MLflow's HTTP retries off for the block (it reads MLFLOW_HTTP_REQUEST_MAX_RETRIES at each call and has no
+    per-call setting): `mlflow.end_run`, the one way to take the run off MLflow's stack, calls the store."""
     before = os.environ.get(HTTP_RETRIES_ENV)
     os.environ[HTTP_RETRIES_ENV] = "0"
     try:

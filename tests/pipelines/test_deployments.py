@@ -3,9 +3,11 @@ worker, against a real `prefect server` and a real `mlflow server` on loopback p
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID, uuid4
@@ -16,8 +18,10 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, State, StateType
 
+from cdgan.files import load_torch
+from cdgan.params import Paths
 from tests.conftest import REPO, make_project, run, tiny_raw
 from tests.pipelines.conftest import Server, client_env, stop_group
 
@@ -61,22 +65,34 @@ def trigger(deployed: Deployed, **params: str) -> UUID:
     return UUID(found[1])
 
 
-def work_once(deployed: Deployed, cwd: Path) -> str:
-    """`prefect worker start --run-once` from `cwd`: takes the scheduled runs, returns when they end."""
+def start_worker(deployed: Deployed, cwd: Path) -> subprocess.Popen:
+    """`prefect worker start --run-once` from `cwd`, in its own process group, output to cwd/worker.log: it
+    takes the scheduled runs and exits when they end."""
     cmd = ["prefect", "worker", "start", "--pool", POOL, "--run-once", "--limit", "1"]
-    proc = subprocess.Popen(
-        cmd, cwd=cwd, env=deployed.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
+    with (cwd / "worker.log").open("a") as log:
+        return subprocess.Popen(
+            cmd, cwd=cwd, env=deployed.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def finish_worker(proc: subprocess.Popen, cwd: Path) -> str:
+    """Wait for a `start_worker` worker to exit; its log."""
     try:
-        out, _ = proc.communicate(timeout=WORKER_SECONDS)
+        proc.wait(timeout=WORKER_SECONDS)
     except subprocess.TimeoutExpired:
         stop_group(proc)
-        raise AssertionError(f"worker still running after {WORKER_SECONDS}s:\n{proc.communicate()[0]}") from None
+        log = (cwd / "worker.log").read_text()
+        raise AssertionError(f"worker still running after {WORKER_SECONDS}s:\n{log}") from None
     finally:
         stop_group(proc)  # the worker's flow-run subprocesses too, whatever happened
-    assert proc.returncode == 0, out
-    return out
+    log = (cwd / "worker.log").read_text()
+    assert proc.returncode == 0, log
+    return log
+
+
+def work_once(deployed: Deployed, cwd: Path) -> str:
+    """A worker from `cwd` that takes the scheduled runs; returns when they end."""
+    return finish_worker(start_worker(deployed, cwd), cwd)
 
 
 def flow_run(deployed: Deployed, flow_run_id: UUID) -> tuple[FlowRun, list[str]]:
@@ -142,3 +158,49 @@ def test_bad_run_parameter_fails_before_any_task_and_leaves_no_mlflow_run(deploy
     runs = all_runs(deployed)
     assert {r.info.run_id for r in runs} == runs_before
     assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
+
+
+def test_a_cancelled_flow_run_ends_its_mlflow_run_killed_and_a_rerun_resumes(
+    deployed: Deployed, tmp_path: Path
+) -> None:
+    """Prefect cancels a flow run by SIGTERM to the flow run's process group, which holds `dvc repro` and the
+    `cdgan train` it runs."""
+    # given a deployment run whose training lasts long enough to be cancelled past its first checkpoint
+    overrides = json.dumps({"train.steps": 600, "train.checkpoint_every": 10, "train.eval_every": 0})
+    resume_dir = Paths(deployed.project).resume
+    runs_before = {r.info.run_id for r in all_runs(deployed)}
+    try:
+        flow_run_id = trigger(deployed, overrides=overrides)
+        worker = start_worker(deployed, tmp_path)
+        deadline = time.monotonic() + WORKER_SECONDS
+        while not any(resume_dir.glob("*.pt")) and worker.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert worker.poll() is None and any(resume_dir.glob("*.pt")), (tmp_path / "worker.log").read_text()
+
+        # when the flow run is cancelled, as `prefect flow-run cancel` or the UI do
+        with SyncPrefectClient(deployed.prefect.url) as client:
+            client.set_flow_run_state(flow_run_id, State(type=StateType.CANCELLING))
+        log = finish_worker(worker, tmp_path)
+
+        # then the flow run is CANCELLED, its training run ended KILLED, no MLflow run is left RUNNING
+        state, _ = flow_run(deployed, flow_run_id)
+        assert state.state.is_cancelled(), f"{state.state.name}: {state.state.message}\n{log}"
+        (checkpoint,) = resume_dir.glob("*.pt")
+        run_id = load_torch(checkpoint)["meta"]["mlflow_run_id"]
+        mlflow = MlflowClient(tracking_uri=deployed.mlflow.url)
+        assert mlflow.get_run(run_id).info.status == "KILLED", log
+        assert [r.info.run_id for r in all_runs(deployed) if r.info.status == "RUNNING"] == []
+
+        # when the deployment runs again
+        rerun_id = trigger(deployed, overrides=overrides)
+        log = work_once(deployed, tmp_path)
+
+        # then it completes, and training resumed from the checkpoint (whose meta names the run) into that run
+        state, _ = flow_run(deployed, rerun_id)
+        assert state.state.is_completed(), f"{state.state.name}: {state.state.message}\n{log}"
+        assert yaml.safe_load((deployed.project / "metrics" / "train.json").read_text())["mlflow_run_id"] == run_id
+        assert mlflow.get_run(run_id).info.status == "FINISHED"
+        assert {r.info.run_id for r in all_runs(deployed)} - runs_before == {run_id}, "one training run in all"
+        assert not any(resume_dir.glob("*.pt"))
+    finally:  # later tests get the project's own params.yaml
+        run(["git", "checkout", "--", "params.yaml"], deployed.project)
