@@ -113,12 +113,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(cmd: list[str], health: str, log: Path, env: dict[str, str]) -> subprocess.Popen:
+def start_server(
+    cmd: list[str], health: str, log: Path, env: dict[str, str], startup_seconds: float = STARTUP_SECONDS
+) -> subprocess.Popen:
     """`cmd` (with exactly the environment `env`) in its own process group, once `health` answers 200; its
     output is appended to `log`, so a server a test restarts keeps one log. Stopped again if it never answers."""
     with log.open("a") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    deadline = time.monotonic() + STARTUP_SECONDS
+    deadline = time.monotonic() + startup_seconds
     while True:
         if proc.poll() is not None:
             stop_group(proc)
@@ -130,7 +132,7 @@ def start_server(cmd: list[str], health: str, log: Path, env: dict[str, str]) ->
             pass  # not listening yet
         if time.monotonic() > deadline:
             stop_group(proc)
-            raise RuntimeError(f"{health} not healthy after {STARTUP_SECONDS}s:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"{health} not healthy after {startup_seconds}s:\n{log.read_text()[-3000:]}")
         time.sleep(0.25)
 
 
@@ -145,9 +147,11 @@ def stop_group(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def serving(cmd: list[str], health: str, log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+def serving(
+    cmd: list[str], health: str, log: Path, env: dict[str, str], startup_seconds: float = STARTUP_SECONDS
+) -> Iterator[subprocess.Popen]:
     """`start_server` for the block; the whole process group is stopped however the block ends."""
-    proc = start_server(cmd, health, log, env)
+    proc = start_server(cmd, health, log, env, startup_seconds)
     try:
         yield proc
     finally:

@@ -8,6 +8,8 @@ import hashlib
 import importlib.metadata
 import io
 import os
+import shutil
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -18,13 +20,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from cdgan import registry
 from cdgan.models import build_models
 from cdgan.params import ModelParams, SampleParams
-from tests.conftest import BIN, free_port, run, start_server, stop_group
+from tests.conftest import BIN, free_port, run, serving, start_server, stop_group
 from tests.imports import import_closure, module_file
 
 IMAGE_SHAPE = (1, 8, 8)
@@ -68,6 +71,45 @@ def served(image_model: str, mlflow_uri: str, tmp_path_factory: pytest.TempPathF
         yield f"http://127.0.0.1:{port}/invocations"
     finally:
         stop_group(server)
+
+
+ENV_BUILD_SECONDS = 1200  # a fresh virtualenv installs torch and mlflow: 3-5 min from this machine's disk
+
+
+def _pyenv_python(model_uri: str) -> str | None:
+    """The Python version the model was logged with, when pyenv (which MLflow's virtualenv manager builds the
+    environment with) has it; None otherwise. MLflow would ask pyenv to download and compile a missing one."""
+    version = yaml.safe_load(Path(mlflow.artifacts.download_artifacts(f"{model_uri}/python_env.yaml")).read_text())
+    pyenv = shutil.which("pyenv")
+    if pyenv is None:
+        return None
+    have = subprocess.run([pyenv, "versions", "--bare"], capture_output=True, text=True, check=True).stdout.split()
+    return version["python"] if version["python"] in have else None
+
+
+@pytest.mark.slow  # builds a fresh environment: minutes, and about 6 GB of disk while it lasts
+def test_the_champion_serves_from_a_fresh_virtualenv_with_its_logged_requirements(
+    image_model: str, mlflow_uri: str, tmp_path: Path
+) -> None:
+    # given MLflow's own virtualenv manager, with an empty environment root: nothing of this venv is reused
+    python = _pyenv_python(image_model)
+    if python is None:
+        pytest.skip("MLflow's virtualenv manager needs pyenv with the model's Python version (python_env.yaml)")
+    port, envs = free_port(), tmp_path / "envs"
+    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", image_model, "--env-manager", "virtualenv",
+           "-p", str(port), "-h", "127.0.0.1"]  # fmt: skip
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "MLFLOW_ENV_ROOT": str(envs)}
+    # when it builds the model's environment from the logged requirements and serves from it
+    with serving(cmd, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", env, ENV_BUILD_SECONDS):
+        served = _samples(_invoke(f"http://127.0.0.1:{port}/invocations", [[3, 1]]))
+    # then it answers as the model loaded here does, from an environment where cdgan is not installed: the
+    # package travels with the model (code_paths), the rest comes from the pinned pip requirements
+    local = mlflow.pyfunc.load_model(image_model).predict(pd.DataFrame({"n": [3], "seed": [1]}))
+    np.testing.assert_allclose(served, local, rtol=1e-5, atol=1e-6)
+    (venv,) = envs.iterdir()
+    installed = {p.name.split("-")[0].lower() for p in venv.glob(f"lib/python{python[:4]}*/site-packages/*.dist-info")}
+    assert "torch" in installed and "mlflow" in installed, installed
+    assert "cdgan" not in installed, "the environment must not get cdgan from an index or this checkout"
 
 
 def _invoke(url: str, rows: list[list[int]], params: dict | None = None) -> requests.Response:
