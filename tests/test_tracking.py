@@ -367,38 +367,6 @@ def test_a_locked_sqlite_store_is_tried_again_not_fatal(
     assert not (paths.mlruns / store.PENDING_DIR).exists(), "nothing needed the pending file"
 
 
-def test_ctrl_c_during_a_sqlite_write_lands_after_it_and_the_run_still_ends(
-    tiny_params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _keeps_tracking_uri: None
-) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    paths = Paths(tmp_path / "project")
-    pressed: list[str] = []
-
-    def ctrl_c_inside_the_tags_insert(_conn, _cursor, statement: str, *_args) -> None:
-        if statement.startswith("INSERT INTO tags") and not pressed:
-            pressed.append(statement)
-            signal.raise_signal(signal.SIGINT)  # Python runs the handler here, inside the write's transaction
-
-    # given a run on a SQLite store
-    with pytest.raises(KeyboardInterrupt), tracking.tracked_run(tiny_params, paths) as run_id:
-        event.listen(Engine, "after_cursor_execute", ctrl_c_inside_the_tags_insert)
-        try:
-            # when Ctrl-C comes in the middle of writing a tag (a store call of the main thread)
-            tracking.set_tags({"stage": "train"})
-        finally:
-            event.remove(Engine, "after_cursor_execute", ctrl_c_inside_the_tags_insert)
-        pytest.fail("Ctrl-C was lost")
-    assert pressed, "test setup: the tag was not written by an INSERT"
-
-    # then the write finished first, the run ended FAILED in the store itself (a connection cut mid-write
-    # would hold the database lock, and the end would wait in the pending file), and nothing is pending
-    run = MlflowClient(uri).get_run(run_id)
-    assert run.data.tags["stage"] == "train"
-    assert run.info.status == "FAILED"
-    assert not (paths.mlruns / store.PENDING_DIR).exists()
-
-
 @pytest.fixture
 def _sigterm_raises() -> Iterator[None]:
     """SIGTERM raises Terminated in this process, as under `cdgan`'s CLI, for the test."""
@@ -411,36 +379,43 @@ def _sigterm_raises() -> Iterator[None]:
     signal.signal(signal.SIGTERM, before)
 
 
-def test_sigterm_during_a_sqlite_write_lands_after_it_and_the_run_ends_killed(
-    tiny_params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _keeps_tracking_uri: None,
-    _sigterm_raises: None,
+@pytest.mark.parametrize(
+    ("signum", "raised", "status"),
+    [(signal.SIGINT, KeyboardInterrupt, "FAILED"), (signal.SIGTERM, Terminated, "KILLED")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_a_signal_during_a_sqlite_write_lands_after_it_and_the_run_still_ends(
+    signum: signal.Signals, raised: type[BaseException], status: str, tiny_params: Params, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, _keeps_tracking_uri: None, _sigterm_raises: None,
 ) -> None:  # fmt: skip
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     paths = Paths(tmp_path / "project")
     sent: list[str] = []
 
-    def sigterm_inside_the_tags_insert(_conn, _cursor, statement: str, *_args) -> None:
+    def signal_inside_the_tags_insert(_conn, _cursor, statement: str, *_args) -> None:
         if statement.startswith("INSERT INTO tags") and not sent:
             sent.append(statement)
-            signal.raise_signal(signal.SIGTERM)  # Python runs the handler here, inside the write's transaction
+            signal.raise_signal(signum)  # Python runs the handler here, inside the write's transaction
 
     # given a run on a SQLite store
-    with pytest.raises(Terminated), tracking.tracked_run(tiny_params, paths) as run_id:
+    with pytest.raises(raised), tracking.tracked_run(tiny_params, paths) as run_id:
         tracking.log_metrics(0, {"loss": 1.0})
-        event.listen(Engine, "after_cursor_execute", sigterm_inside_the_tags_insert)
+        event.listen(Engine, "after_cursor_execute", signal_inside_the_tags_insert)
         try:
-            # when SIGTERM comes in the middle of writing a tag
+            # when the signal comes in the middle of writing a tag (a store call of the main thread)
             tracking.set_tags({"stage": "train"})
         finally:
-            event.remove(Engine, "after_cursor_execute", sigterm_inside_the_tags_insert)
-        pytest.fail("SIGTERM was lost")
+            event.remove(Engine, "after_cursor_execute", signal_inside_the_tags_insert)
+        pytest.fail(f"{signum.name} was lost")
     assert sent, "test setup: the tag was not written by an INSERT"
 
-    # then the write finished first, the metric logged before it arrived, and the run ended KILLED in the store
+    # then the write finished first, the metric logged before it arrived, and the run ended (FAILED for
+    # Ctrl-C, KILLED for SIGTERM) in the store itself: a connection cut mid-write would hold the database
+    # lock, and the end would wait in the pending file, so nothing is pending
     run = MlflowClient(uri).get_run(run_id)
     assert run.data.tags["stage"] == "train" and run.data.metrics == {"loss": 1.0}
-    assert run.info.status == "KILLED"
+    assert run.info.status == status
     assert not (paths.mlruns / store.PENDING_DIR).exists()
 
 
