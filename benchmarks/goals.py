@@ -27,34 +27,28 @@ def _row(goal: str, interval: dict[str, Any], verdict: str, stopping: dict[str, 
     return row
 
 
+def _paired_rows(result: dict[str, Any], prefix: str, figure: str) -> dict[str, dict]:
+    """A paired goal's CPU-time row (the clock its bound is sought on) and its wall-time row from the same pairs."""
+    goal = result[figure]["goal"]
+    return {
+        figure: _row(goal, result[figure], result[f"{prefix}_verdict"], result[f"{prefix}_stopping"]),
+        f"{figure}_wall": _row(
+            goal + " (wall time, same pairs; no bound sought)",
+            result[f"{figure}_wall"] | {"clock": "wall"},
+            result[f"{prefix}_verdict_wall"],
+        ),
+    }
+
+
 def goals(result: dict[str, Any]) -> dict[str, dict]:
     """One row per goal present in `result` (benchmarks that did not run leave theirs out)."""
     rows = {}
-    if "train_throughput_ratio" in result:
-        stopping = result["train_throughput_stopping"]
-        rows["train_throughput_ratio"] = _row(
-            result["train_throughput_ratio"]["goal"],
-            result["train_throughput_ratio"],
-            result["train_throughput_verdict"],
-            stopping,
-        )
-        rows["train_throughput_ratio_wall"] = _row(
-            result["train_throughput_ratio"]["goal"] + " (wall time, same pairs; no bound sought)",
-            result["train_throughput_ratio_wall"] | {"clock": "wall"},
-            result["train_throughput_verdict_wall"],
-        )
-    if "prefect_overhead_frac" in result:
-        rows["prefect_overhead_frac"] = _row(
-            result["prefect_overhead_frac"]["goal"],
-            result["prefect_overhead_frac"],
-            result["prefect_overhead_verdict"],
-            result["prefect_overhead_stopping"],
-        )
-        rows["prefect_overhead_frac_wall"] = _row(
-            result["prefect_overhead_frac"]["goal"] + " (wall time, same pairs; no bound sought)",
-            result["prefect_overhead_frac_wall"] | {"clock": "wall"},
-            result["prefect_overhead_verdict_wall"],
-        )
+    for prefix, figure in (
+        ("train_throughput", "train_throughput_ratio"),
+        ("prefect_overhead", "prefect_overhead_frac"),
+    ):
+        if figure in result:
+            rows |= _paired_rows(result, prefix, figure)
     if "frechet_speedup_vs_scipy" in result:
         rows["frechet_speedup_vs_scipy"] = _row(
             ">= 1 (and relative difference <= 1e-6: " + result["frechet_agreement_verdict"] + ")",

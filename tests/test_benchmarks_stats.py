@@ -114,23 +114,22 @@ class _FakeClock:
 
     def __init__(self, seconds_per_pair: float) -> None:
         self.now, self.step = 0.0, seconds_per_pair
+        self.ran: list[int] = []
 
     def __call__(self) -> float:
         return self.now
 
+    def run_pair(self, index: int) -> None:
+        self.ran.append(index)
+        self.now += self.step
+
 
 def test_run_pairs_stops_when_the_bound_is_met_but_not_before_the_minimum():
     clock = _FakeClock(10.0)
-    ran: list[int] = []
-
-    def run_pair(index: int) -> None:
-        ran.append(index)
-        clock.now += clock.step
-
     # given a half-width that is within the bound from the first pair on
-    out = run_pairs(run_pair, lambda: 0.01, bound=0.02, min_pairs=5, max_pairs=50, max_seconds=1e9, clock=clock)
+    out = run_pairs(clock.run_pair, lambda: 0.01, bound=0.02, min_pairs=5, max_pairs=50, max_seconds=1e9, clock=clock)
     # then it still runs the minimum, and stops there
-    assert ran == [0, 1, 2, 3, 4]
+    assert clock.ran == [0, 1, 2, 3, 4]
     assert out["stopped"] == "bound met"
     assert out["is_cap_hit"] is False
 
@@ -138,10 +137,7 @@ def test_run_pairs_stops_when_the_bound_is_met_but_not_before_the_minimum():
 def test_run_pairs_reports_the_pair_cap():
     clock = _FakeClock(1.0)
 
-    def run_pair(index: int) -> None:
-        clock.now += clock.step
-
-    out = run_pairs(run_pair, lambda: 0.5, bound=0.02, min_pairs=2, max_pairs=7, max_seconds=1e9, clock=clock)
+    out = run_pairs(clock.run_pair, lambda: 0.5, bound=0.02, min_pairs=2, max_pairs=7, max_seconds=1e9, clock=clock)
     assert out["pairs"] == 7
     assert out["stopped"] == "pair cap"
     assert out["is_cap_hit"] is True
@@ -150,11 +146,8 @@ def test_run_pairs_reports_the_pair_cap():
 def test_run_pairs_starts_no_pair_that_would_end_past_the_time_cap():
     clock = _FakeClock(30.0)
 
-    def run_pair(index: int) -> None:
-        clock.now += clock.step
-
     # given 30 s pairs and 100 s: after 3 pairs (90 s) a 4th would end at 120 s
-    out = run_pairs(run_pair, lambda: 0.5, bound=0.02, min_pairs=2, max_pairs=50, max_seconds=100, clock=clock)
+    out = run_pairs(clock.run_pair, lambda: 0.5, bound=0.02, min_pairs=2, max_pairs=50, max_seconds=100, clock=clock)
     assert out["pairs"] == 3
     assert out["stopped"] == "time cap"
     assert out["seconds"] == pytest.approx(90.0)
@@ -202,10 +195,7 @@ def test_overlaps(a, b, expected):
 def test_run_pairs_runs_two_pairs_whatever_the_time_cap():
     clock = _FakeClock(30.0)
 
-    def run_pair(index: int) -> None:
-        clock.now += clock.step
-
     # given pairs longer than the whole time cap: one pair alone would give no interval at all
-    out = run_pairs(run_pair, lambda: 0.5, bound=0.02, min_pairs=5, max_pairs=50, max_seconds=10, clock=clock)
+    out = run_pairs(clock.run_pair, lambda: 0.5, bound=0.02, min_pairs=5, max_pairs=50, max_seconds=10, clock=clock)
     assert out["pairs"] == 2
     assert out["stopped"] == "time cap"
