@@ -117,7 +117,9 @@ def probe(
     """Vanishing-gradient probe: generator gradient norm per loss as E trains against a frozen G."""
     steps = [int(s) for s in critic_steps.split(",") if s.strip()]
     loaded = load_params(params)
-    result = _stages().probe(loaded, Paths(), [s.strip() for s in losses.split(",")], steps, out)
+    from cdgan.probe import probe as run_probe  # loads torch: after the params, as _stages does
+
+    result = run_probe(loaded, Paths(), [s.strip() for s in losses.split(",")], steps, out)
     console.print(f"wrote {result.csv} and {result.png}")
 
 

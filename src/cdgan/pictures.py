@@ -8,11 +8,12 @@ import numpy as np
 from torch import Tensor
 
 from cdgan.files import write_atomic
+from cdgan.params import is_image_shape
 
 
 def save_samples_png(path: Path, x: Tensor, centres: np.ndarray | None = None, title: str = "") -> Path:
     """A grid of up to 64 images (N, C, H, W) in [-1, 1], or a scatter of (N, 2) points."""
-    if x.dim() == 4:
+    if is_image_shape(x.shape[1:]):
         from torchvision.utils import save_image
 
         grid = x[:64].float()

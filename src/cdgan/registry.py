@@ -24,7 +24,7 @@ from PIL import Image
 from cdgan.errors import CdganError
 from cdgan.files import load_torch, save_torch
 from cdgan.models import EnergyNet, Generator, build_models
-from cdgan.params import ModelParams, SampleParams
+from cdgan.params import ModelParams, SampleParams, is_image_shape
 from cdgan.sampler import draw_samples
 from cdgan.store import retried, store_lock
 
@@ -93,7 +93,7 @@ class Sampler(mlflow.pyfunc.PythonModel):
         fmt = (params or {}).get("format", "array")
         if fmt not in FORMATS:
             raise _bad_request(f"format must be one of {FORMATS} (got {fmt!r})")
-        if fmt == "png" and len(self.bundle.generator.data_shape) != 3:
+        if fmt == "png" and not is_image_shape(self.bundle.generator.data_shape):
             raise _bad_request("format=png needs an image model; this one samples 2-D points")
         ns = model_input["n"]
         if (ns <= 0).any():

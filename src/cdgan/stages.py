@@ -34,7 +34,6 @@ from cdgan.files import load_torch, read_json, save_torch, sha256_file, write_at
 from cdgan.models import EnergyNet, Generator, build_models
 from cdgan.params import Params, Paths, SampleParams
 from cdgan.pictures import save_samples_png
-from cdgan.probe import probe as probe  # the `cdgan probe` tool, reached here by cli until it imports cdgan.probe
 from cdgan.report import write_csv
 from cdgan.sampler import draw_samples
 from cdgan.train import (

@@ -3,7 +3,6 @@ training data and lineage tags. Getting them into the store, through outages and
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import time
@@ -21,6 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cdgan import store
+from cdgan.files import sha256_file
 from cdgan.params import Params, Paths
 from cdgan.store import retried
 
@@ -99,7 +99,7 @@ def lineage_tags(root: Path) -> dict[str, str]:
         tags["git_commit"] = "unknown"
     lock = root / "dvc.lock"
     if lock.exists():
-        tags["dvc_lock_sha256"] = hashlib.sha256(lock.read_bytes()).hexdigest()
+        tags["dvc_lock_sha256"] = sha256_file(lock)
     for tag, env in EXPERIMENT_TAGS.items():  # `dvc exp apply <dvc_exp_name>` brings that experiment back
         if os.environ.get(env):
             tags[tag] = os.environ[env]
@@ -117,7 +117,7 @@ def run_link(paths: Paths, run_id: str) -> str:
 def training_dataset(path: Path, name: str) -> MetaDataset:
     """The prepared data as an MLflow dataset: its file, and as digest the first DATASET_DIGEST_CHARS hex digits
     of the file's sha256 (the whole hash is the data_sha256 tag of a registered version)."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:DATASET_DIGEST_CHARS]
+    digest = sha256_file(path)[:DATASET_DIGEST_CHARS]
     return MetaDataset(resolve_dataset_source(path.resolve().as_uri()), name=name, digest=digest)
 
 
