@@ -141,17 +141,15 @@ def _where() -> dict[str, str]:
     return tags
 
 
-@task
-def run_trial(project: Path, workspace: Path, raw: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    """One trial: a fresh workspace with the project's pipeline and these params, `dvc repro evaluate` in it.
+def make_workspace(project: Path, workspace: Path, raw: dict[str, Any]) -> None:
+    """A fresh trial workspace: the project's pipeline and sources, these params, DVC without git.
 
     On a Dask worker `project` and `workspace` are the flow's paths, so they must be on a filesystem that the
     flow and every worker share, mounted at the same path.
     """
-    where = _where()
     if not (project / "dvc.yaml").is_file():
         raise CdganError(
-            f"{project / 'dvc.yaml'} not found on {where['cdgan.worker']}: sweep trials run in the flow's project "
+            f"{project / 'dvc.yaml'} not found on {_where()['cdgan.worker']}: trials run in the flow's project "
             "path, so it must be on a filesystem shared by the flow and every Dask worker, at the same path"
         )
     if workspace.exists():
@@ -159,19 +157,28 @@ def run_trial(project: Path, workspace: Path, raw: dict[str, Any], env: dict[str
     workspace.mkdir(parents=True)
     for name in TRIAL_FILES:
         source = project / name
-        copy = shutil.copytree if source.is_dir() else shutil.copy
-        copy(source, workspace / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if source.is_dir() else {}))
+        if source.is_dir():
+            shutil.copytree(source, workspace / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, workspace / name)
     (workspace / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     _run_streaming(["dvc", "init", "--no-scm", "-q"], workspace)
+
+
+@task
+def run_trial(project: Path, workspace: Path, raw: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """One trial: a fresh workspace with the project's pipeline and these params, `dvc repro evaluate` in it."""
+    make_workspace(project, workspace, raw)
     # MLflow adds the JSON in MLFLOW_RUN_CONTEXT to the tags of every run it starts: here the trial's own run
-    tags = json.loads(os.environ.get("MLFLOW_RUN_CONTEXT", "{}")) | where
+    tags = json.loads(os.environ.get("MLFLOW_RUN_CONTEXT", "{}")) | _where()
     _run_streaming(["dvc", "repro", "evaluate"], workspace, env | {"MLFLOW_RUN_CONTEXT": json.dumps(tags)})
     return read_json(Paths(workspace).eval_metrics)
 
 
 @contextmanager
-def _trial_runner(cluster: str | None) -> Iterator[TaskRunner]:
-    """The flow's own thread pool, or a DaskTaskRunner connected to the scheduler at `cluster` (tcp://host:8786).
+def trial_runner(cluster: str | None, flow_name: str, modules: tuple[str, ...] = (__name__,)) -> Iterator[TaskRunner]:
+    """The flow's own thread pool, or a DaskTaskRunner connected to the scheduler at `cluster` (tcp://host:8786)
+    to which the trial code of `modules` travels by value.
 
     Raises CdganError when the dask extra is missing or the scheduler cannot be reached.
     """
@@ -183,7 +190,7 @@ def _trial_runner(cluster: str | None) -> Iterator[TaskRunner]:
         from distributed.comm.addressing import get_address_host_port, normalize_address
         from prefect_dask import DaskTaskRunner
     except ImportError:
-        raise CdganError("cdgan-sweep --cluster needs the dask extra: pip install -e '.[dask]'") from None
+        raise CdganError(f"{flow_name} --cluster needs the dask extra: pip install -e '.[dask]'") from None
     how_to = f"start one with `dask scheduler` and workers with `dask worker {cluster}`"
     try:
         host, port = get_address_host_port(normalize_address(cluster))
@@ -193,16 +200,17 @@ def _trial_runner(cluster: str | None) -> Iterator[TaskRunner]:
         socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
     except OSError as err:
         raise CdganError(f"Dask scheduler {cluster} is unreachable ({err}); {how_to}") from None
-    # workers need not import this module (a deployment loads it as `flows`, the CLI as `__main__`): the
-    # trial's code travels with it; cdgan, prefect and distributed come from the worker's environment
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    # workers need not import the pipelines modules (a deployment loads them as `flows`, the CLI as `__main__`):
+    # the trial's code travels with it; cdgan, prefect, optuna and distributed come from the worker's environment
+    for module in modules:
+        cloudpickle.register_pickle_by_value(sys.modules[module])
     with DaskTaskRunner(address=cluster, client_kwargs={"timeout": CONNECT_SECONDS}) as runner:
         try:
             workers = runner.client.scheduler_info()["workers"]
         except OSError as err:
             raise CdganError(f"Dask scheduler {cluster} is unreachable ({err}); {how_to}") from None
         logger = get_run_logger()
-        logger.info("Sweep trials run on the Dask scheduler %s, %d workers now", cluster, len(workers))
+        logger.info("Trials run on the Dask scheduler %s, %d workers now", cluster, len(workers))
         if not workers:
             logger.warning("Dask scheduler %s has no workers yet: trials wait until `dask worker` joins", cluster)
         yield runner
@@ -235,7 +243,7 @@ def cdgan_sweep(
     threads = str(max(1, (os.cpu_count() or 1) // MAX_PARALLEL))  # parallel trials must not oversubscribe cores
     sweep_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with (
-        _trial_runner(cluster) as runner,
+        trial_runner(cluster, "cdgan-sweep") as runner,
         tracking.sweep_run(params[0], paths, sweep_id, {"grid": grid, "base": base or {}}) as parent_id,
     ):
         env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(paths), tracking.PARENT_RUN_ENV: parent_id}

@@ -8,7 +8,7 @@ import os
 import socket
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import optuna
 import yaml
@@ -37,6 +37,14 @@ PRUNE_AFTER_TRIALS = 3  # MedianPruner: no pruning until this many trials have f
 OWNER_ATTR = "cdgan.owner"  # host:pid of the flow that asked the trial: a RUNNING trial whose pid is gone was killed
 REQUEUED_ATTR = "cdgan.requeued_from"
 STUDY_ATTR = "cdgan.study"  # the space and data set a study was created with; a resume must match them
+
+
+class StudyRef(NamedTuple):
+    """What a trial needs to open its study in another thread or on a Dask worker (the pruner is not stored)."""
+
+    storage: str  # an Optuna RDB URL
+    name: str
+    pruner: optuna.pruners.BasePruner
 
 
 def default_storage(project: Path) -> str:
@@ -118,20 +126,22 @@ def objective(metrics: dict[str, Any], is_image: bool) -> float:
     return float(metrics[metric]) if is_image else float(metrics[metric]) + float(metrics["hq_frac"]) / 2
 
 
-def open_study(storage: str, name: str, data: DataParams, space: dict[str, BaseDistribution]) -> optuna.Study:
+def open_study(
+    storage: str, name: str, data: DataParams, space: dict[str, BaseDistribution], logger: Any
+) -> optuna.Study:
     """The study `name` in `storage`, created for this search space and data set (in the direction of the data
-    set's primary metric), or continued if it was created for the same ones."""
+    set's primary metric), or continued if it was created for the same ones, its interrupted trials queued again
+    (`requeue_interrupted`)."""
     _, lower_is_better = primary_metric(data.is_image)
     signature = {"space": {key: distribution_to_json(d) for key, d in space.items()}, "dataset": data.dataset}
     if storage.startswith("sqlite:///"):
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # trials are logged by this flow, not per Optuna call
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNE_AFTER_TRIALS)
     study = optuna.create_study(
         storage=storage,
         study_name=name,
         direction="minimize" if lower_is_better else "maximize",
-        pruner=pruner,
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNE_AFTER_TRIALS),
         load_if_exists=True,
     )
     # a resumed study draws afresh: TPE's random start seeded as before would repeat the first trials' params
@@ -144,7 +154,17 @@ def open_study(storage: str, name: str, data: DataParams, space: dict[str, BaseD
             f"study {name!r} in {storage} was made with another search space or data set ({before}); "
             "give this one another --name"
         )
+    requeue_interrupted(study, logger)
     return study
+
+
+def load_trial(ref: StudyRef, number: int) -> optuna.Trial:
+    """Trial `number` of the study, opened afresh from its storage (its own connection), with the study's pruner."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.get_storage(ref.storage)
+    study = optuna.load_study(study_name=ref.name, storage=storage, pruner=ref.pruner)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(ref.name), number)
+    return optuna.Trial(study, trial_id)
 
 
 def requeue_interrupted(study: optuna.Study, logger: Any) -> None:

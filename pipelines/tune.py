@@ -7,7 +7,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,14 +21,12 @@ from typing import Any
 
 import optuna
 import psutil
-import yaml
 from mlflow.tracking import MlflowClient
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.context import FlowRunContext
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -119,13 +116,14 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-@task(cache_policy=NO_CACHE)  # the trial holds the study's storage: nothing to hash or cache
+@task(cache_policy=NO_CACHE)  # a trial is asked once and run once: nothing to hash or cache
 def tune_trial(
     project: Path,
     workspace: Path,
     raw: dict[str, Any],
     env: dict[str, str],
-    trial: optuna.Trial,
+    study: studies.StudyRef,
+    number: int,
     history_key: str,
     is_image: bool,
 ) -> FrozenTrial:
@@ -133,11 +131,14 @@ def tune_trial(
     in a process that is stopped as soon as the pruner says so. Tells the study the trial's objective (or
     PRUNED) and returns the finished trial; a failed pipeline raises and leaves the telling to the flow.
 
+    The trial is found by its `number` in the `study`'s storage, opened here: on a Dask worker too, so the
+    storage must be reachable from the workers (an RDB URL, or SQLite on the shared filesystem).
     `env` holds MLFLOW_TRACKING_URI and the parent run (tracking.PARENT_RUN_ENV) under which the trial's run
     opens; the score history is read from that run.
     """
     logger = get_run_logger()
-    _make_workspace(project, workspace, raw)
+    trial = studies.load_trial(study, number)
+    flows.make_workspace(project, workspace, raw)
     tags = json.loads(os.environ.get("MLFLOW_RUN_CONTEXT", "{}")) | flows._where() | {TRIAL_TAG: str(trial.number)}
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # dvc and cdgan of this venv
     cmd = ["dvc", "repro", "evaluate"]
@@ -171,21 +172,6 @@ def tune_trial(
     return trial.study.tell(trial, studies.objective(metrics, is_image))
 
 
-def _make_workspace(project: Path, workspace: Path, raw: dict[str, Any]) -> None:
-    """The workspace `flows.run_trial` makes: the project's pipeline and sources, these params, DVC without git."""
-    if workspace.exists():
-        shutil.rmtree(workspace)
-    workspace.mkdir(parents=True)
-    for name in flows.TRIAL_FILES:
-        source = project / name
-        if source.is_dir():
-            shutil.copytree(source, workspace / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, workspace / name)
-    (workspace / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    flows._run_streaming(["dvc", "init", "--no-scm", "-q"], workspace)
-
-
 def _pump(proc: subprocess.Popen, logger: Any, tail: deque[str]) -> None:
     for line in proc.stdout:
         if line.strip():
@@ -202,6 +188,7 @@ def cdgan_tune(
     project_dir: str = ".",
     storage: str | None = None,
     base: dict[str, Any] | None = None,
+    cluster: str | None = None,
 ) -> dict[str, Any]:
     """Grow the Optuna study `name` to `trials` finished (complete or pruned) trials over the search space in
     `space` (a YAML file relative to the project), on top of `params_path` and the dotted `base` overrides.
@@ -212,6 +199,9 @@ def cdgan_tune(
     a child MLflow run of this flow's parent run; a median pruner stops trials whose `train/fid` (`train/modes`
     for 2-D data) history falls behind. Writes presets/tuned-<name>.yaml (params.yaml with the best values),
     reports/tune-<name>.md and reports/tune-<name>/*.png, all logged to the parent run.
+
+    With `cluster` (a Dask scheduler address, tcp://host:8786) trials run one per Dask worker thread, as
+    cdgan-sweep's do: the project, the storage and MLFLOW_TRACKING_URI must be reachable from every worker.
     """
     logger = get_run_logger()
     project = Path(project_dir).resolve()
@@ -224,28 +214,33 @@ def cdgan_tune(
         raise CdganError(f"cdgan-tune: trials must be >= 1 (got {trials})")
     metric, _ = primary_metric(params.data.is_image)
     storage = storage or studies.default_storage(project)
-    study = studies.open_study(storage, name, params.data, distributions)
-    studies.requeue_interrupted(study, logger)
-
     paths = Paths(project)
-    runner = FlowRunContext.get().task_runner
     threads = str(max(1, (os.cpu_count() or 1) // PARALLEL))  # trials side by side must not oversubscribe cores
-    about = {"study": name, "storage": storage, "space": space, "trials": trials}
-    with tracking.sweep_run(params, paths, f"tune-{name}-{time.strftime('%Y%m%d-%H%M%S')}", about) as parent_id:
-        tracking.set_tags({"cdgan.tune_study": name})
-        env = {
-            "MLFLOW_TRACKING_URI": tracking.tracking_uri(paths),
-            tracking.PARENT_RUN_ENV: parent_id,
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads),
-        }
-        failure = _run_trials(study, distributions, trials, project, raw, env, f"train/{metric}", params, runner)
-        best = studies.best_trial(study, failure)
-        preset = studies.write_preset(project, name, flows._with_overrides(raw, best.params), study, best, metric)
-        pictures = studies.write_plots(study, project / "reports" / f"tune-{name}")
-        markdown = studies.write_summary(project / "reports" / f"tune-{name}.md", study, best, metric, storage, preset)
-        for path in (preset, project / "reports" / f"tune-{name}.md", *pictures):
-            tracking.log_artifact(path, "tune")
-        tracking.log_metrics(None, {"best_value": best.value, "best_trial": best.number})
+    about = {"study": name, "storage": storage, "space": space, "trials": trials, "cluster": cluster}
+    modules = (__name__, flows.__name__, studies.__name__)  # the trial's code, sent to Dask workers by value
+    with flows.trial_runner(cluster, "cdgan-tune", modules) as runner:  # an unreachable cluster fails here, first
+        study = studies.open_study(storage, name, params.data, distributions, logger)
+        run_name = f"tune-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        with tracking.sweep_run(params, paths, run_name, about) as parent_id:
+            tracking.set_tags({"cdgan.tune_study": name})
+            env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(paths), tracking.PARENT_RUN_ENV: parent_id}
+            if cluster is None:  # on Dask the worker's environment decides, as for sweep trials
+                env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", threads)
+            # on Dask: a trial per worker thread that the cluster has as the study starts
+            slots = PARALLEL if cluster is None else max(1, sum(runner.client.nthreads().values()))
+            ref = studies.StudyRef(storage, name, study.pruner)
+            failure = _run_trials(
+                study, ref, distributions, trials, project, raw, env, f"train/{metric}", params, runner, slots
+            )
+            best = studies.best_trial(study, failure)
+            preset = studies.write_preset(project, name, flows._with_overrides(raw, best.params), study, best, metric)
+            pictures = studies.write_plots(study, project / "reports" / f"tune-{name}")
+            markdown = studies.write_summary(
+                project / "reports" / f"tune-{name}.md", study, best, metric, storage, preset
+            )
+            for path in (preset, project / "reports" / f"tune-{name}.md", *pictures):
+                tracking.log_artifact(path, "tune")
+            tracking.log_metrics(None, {"best_value": best.value, "best_trial": best.number})
     create_markdown_artifact(markdown, key=f"tune-{name}".replace("_", "-"), description=f"cdgan-tune {name}")
     if failure is not None:
         raise failure
@@ -255,6 +250,7 @@ def cdgan_tune(
 
 def _run_trials(
     study: optuna.Study,
+    ref: studies.StudyRef,
     distributions: dict[str, BaseDistribution],
     trials: int,
     project: Path,
@@ -263,8 +259,9 @@ def _run_trials(
     history_key: str,
     params: Params,
     runner: Any,
+    slots: int,
 ) -> BaseException | None:
-    """Ask, run and tell trials, PARALLEL at a time, until the study has `trials` finished ones (trials running
+    """Ask, run and tell trials, `slots` at a time, until the study has `trials` finished ones (trials running
     elsewhere on the same storage count as on their way). A failed trial is recorded FAIL and stops the study
     once the trials beside it end, as Optuna's `optimize` does; its error is returned."""
     logger = get_run_logger()
@@ -272,7 +269,7 @@ def _run_trials(
     failure: BaseException | None = None
     owner = f"{socket.gethostname()}:{os.getpid()}"
     while True:
-        while failure is None and len(running) < PARALLEL:
+        while failure is None and len(running) < slots:
             in_flight = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
             if studies.count_finished(study) + in_flight >= trials:
                 break
@@ -284,7 +281,8 @@ def _run_trials(
             running[trial.number] = runner.submit(
                 tune_trial.with_options(task_run_name=f"trial-{trial.number}"),
                 {"project": project, "workspace": workspace, "raw": flows._with_overrides(raw, overrides),
-                 "env": env, "trial": trial, "history_key": history_key, "is_image": params.data.is_image},
+                 "env": env, "study": ref, "number": trial.number, "history_key": history_key,
+                 "is_image": params.data.is_image},
             )  # fmt: skip
         if not running:
             return failure
@@ -311,10 +309,18 @@ if __name__ == "__main__":
     parser.add_argument("--project", default=".", help="project directory holding dvc.yaml")
     parser.add_argument("--storage", help="Optuna RDB URL (default: sqlite:///PROJECT/sweeps/optuna.db)")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE override of the base params")
+    parser.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run the trials on the Dask scheduler at ADDRESS (tcp://host:8786) instead of local threads; needs "
+        "pip install -e '.[dask]', the project on a shared filesystem and a storage the workers reach",
+    )
     args = parser.parse_args()
     try:
         overrides = {key: values[0] for key, values in flows._key_values(args.set).items()}
-        best = cdgan_tune(args.space, args.trials, args.name, args.params, args.project, args.storage, overrides)
+        best = cdgan_tune(
+            args.space, args.trials, args.name, args.params, args.project, args.storage, overrides, args.cluster
+        )
     except CdganError as err:
         raise SystemExit(f"cdgan: error: {err}") from None  # one line, no traceback
     print(json.dumps(best, indent=2))

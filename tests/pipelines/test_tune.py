@@ -202,7 +202,8 @@ def test_pruned_trial_stops_its_pipeline_and_is_recorded_pruned(tmp_path: Path, 
 
     # when the trial task runs its pipeline
     workspace = tmp_path / "trial"
-    finished = tune.tune_trial(project, workspace, raw, env, trial, "train/fid", True)
+    ref = studies.StudyRef(f"sqlite:///{tmp_path / 'optuna.db'}", study.study_name, study.pruner)
+    finished = tune.tune_trial(project, workspace, raw, env, ref, trial.number, "train/fid", True)
 
     # then it was pruned on the FID its training logged, the pipeline stopped before evaluate, and Optuna says PRUNED
     assert finished.state == TrialState.PRUNED and study.trials[0].state == TrialState.PRUNED

@@ -1,5 +1,6 @@
-"""cdgan-sweep on a real Dask cluster: `dask scheduler` and two single-threaded `dask worker` processes on
-127.0.0.1, with the real Prefect harness server, real DVC trials and a real MLflow store."""
+"""cdgan-sweep and cdgan-tune on a real Dask cluster: `dask scheduler` and two single-threaded `dask worker`
+processes on 127.0.0.1, with the real Prefect harness server, real DVC trials, a real MLflow store and real
+Optuna storage in SQLite."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import mlflow
+import optuna
 import pytest
+import yaml
 from distributed import Client
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL
 
 from cdgan.errors import CdganError
-from pipelines import flows
+from pipelines import flows, studies, tune
 from tests.conftest import BIN, REPO, make_project, run, tiny_raw
 from tests.pipelines.conftest import client_env, free_port, serving
 
@@ -102,6 +105,51 @@ def test_sweep_runs_its_trials_on_two_dask_worker_processes(
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def test_tune_runs_its_trials_on_two_dask_worker_processes_and_the_pruner_sees_their_history(
+    tmp_path: Path, mlflow_uri: str, dask_scheduler: str
+) -> None:
+    # given a 2-D project whose trials log a modes history, a one-parameter space, and the two-worker cluster
+    raw = tiny_raw(data={"dataset": "grid25", "n_points": 500}, train={"eval_every": 10})
+    project = make_project(tmp_path / "project", raw)
+    (project / "space.yaml").write_text(
+        yaml.safe_dump({"train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-3, "log": True}})
+    )
+    with Client(dask_scheduler, timeout=60, set_as_default=False) as client:
+        pids = client.run(os.getpid)  # {worker address: pid}
+
+    # when a study of 2 trials runs on that cluster
+    result = tune.cdgan_tune(space="space.yaml", trials=2, name="on-dask", project_dir=str(project),
+                             cluster=dask_scheduler)  # fmt: skip
+
+    # then both trials completed in the study, scored by their own pipelines, and the preset holds the best
+    trials = optuna.load_study(study_name="on-dask", storage=studies.default_storage(project)).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"], trials
+    for trial in trials:
+        evaluation = yaml.safe_load(
+            (project / "sweeps/on-dask" / f"trial-{trial.number:03d}/metrics/eval.json").read_text()
+        )
+        assert trial.value == studies.objective(evaluation, is_image=False)
+        # the history the workers reported to the pruner is the logged train/modes history
+        assert sorted(trial.intermediate_values) == [10, 20], trial.intermediate_values
+    assert (project / "presets" / "tuned-on-dask.yaml").is_file() and result["best_trial"] in (0, 1)
+
+    # and they ran in the two worker processes, one each, as their child MLflow runs record
+    [parent] = [
+        r for r in mlflow.search_runs(experiment_names=["cdgan-grid25"], output_format="list")
+        if r.data.tags.get("cdgan.tune_study") == "on-dask"
+    ]  # fmt: skip
+    children = mlflow.search_runs(
+        experiment_names=["cdgan-grid25"],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+        output_format="list",
+    )
+    tags = [r.data.tags for r in children]
+    assert sorted(t[tune.TRIAL_TAG] for t in tags) == ["0", "1"]
+    assert sorted(t.get("cdgan.dask_worker", "") for t in tags) == sorted(pids), tags
+    assert all(r.info.status == "FINISHED" for r in children), [r.info.status for r in children]
+
+
+@pytest.mark.usefixtures("prefect_harness")
 def test_bad_or_unreachable_scheduler_fails_before_any_trial(tmp_path: Path) -> None:
     # given a project, and a port where no scheduler listens
     project = make_project(tmp_path / "project", tiny_raw())
@@ -113,7 +161,11 @@ def test_bad_or_unreachable_scheduler_fails_before_any_trial(tmp_path: Path) -> 
     # and an address without a port is refused as such
     with pytest.raises(CdganError, match=r"'127\.0\.0\.1'.*missing port.*expected tcp://HOST:PORT"):
         flows.cdgan_sweep(grid={"train.seed": [0, 1]}, project_dir=str(project), cluster="127.0.0.1")
-    # then no trial workspace was made
+    # and a study pointed at it fails the same way, before its storage is touched
+    (project / "space.yaml").write_text(yaml.safe_dump({"train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-3}}))
+    with pytest.raises(CdganError, match=rf"Dask scheduler {address} is unreachable"):
+        tune.cdgan_tune(space="space.yaml", trials=2, name="x", project_dir=str(project), cluster=address)
+    # then no trial workspace or study storage was made
     assert not (project / "sweeps").exists()
 
     # and the CLI ends on that one error line and exits non-zero
