@@ -337,12 +337,12 @@ def measure(quick: bool, breakdown: bool = False) -> dict[str, object]:
     short pair see the same load, and many short pairs gave a far narrower interval than a few long ones
     (CPU ratio half-width 0.020 from 10 pairs of 100 steps against 0.067 from 6 pairs of 500 steps, same
     hour). --full adds pairs until the CPU ratio's half-width is within 0.02: at least 8, at most 40 pairs
-    or 5 minutes."""
+    or 10 minutes."""
     steps = 100
     if quick:
         stopping = {"bound": QUICK_BOUND, "min_pairs": 4, "max_pairs": 6, "max_seconds": 120.0}
     else:
-        stopping = {"bound": BOUND, "min_pairs": 8, "max_pairs": 40, "max_seconds": 300.0}
+        stopping = {"bound": BOUND, "min_pairs": 8, "max_pairs": 80, "max_seconds": 600.0}
     note(f"throughput on digits: {steps} steps an arm, pairs until half-width <= {stopping['bound']} ({stopping})")
     headline = measure_dataset("digits", steps, stopping, breakdown)
     clock = VERDICT_CLOCK
