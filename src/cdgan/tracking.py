@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -118,7 +119,14 @@ def training_dataset(path: Path, name: str) -> MetaDataset:
     """The prepared data as an MLflow dataset: its file, and as digest the first DATASET_DIGEST_CHARS hex digits
     of the file's sha256 (the whole hash is the data_sha256 tag of a registered version)."""
     digest = sha256_file(path)[:DATASET_DIGEST_CHARS]
-    return MetaDataset(resolve_dataset_source(path.resolve().as_uri()), name=name, digest=digest)
+    with warnings.catch_warnings():
+        # MLflow 3 registers its local-file source class twice, so every file:// URI "can be interpreted in multiple
+        # ways" (two classes of the same name and behaviour): a UserWarning in each training log that says nothing
+        warnings.filterwarnings(
+            "ignore", "The specified dataset source can be interpreted in multiple ways", UserWarning
+        )
+        source = resolve_dataset_source(path.resolve().as_uri())
+    return MetaDataset(source, name=name, digest=digest)
 
 
 _open: ContextVar[store.OpenRun | None] = ContextVar("cdgan_open_run", default=None)  # the run of the block
