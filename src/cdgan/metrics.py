@@ -67,8 +67,9 @@ def _is_psd(sigma: np.ndarray) -> bool:
 
 def _frechet(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     w, v = np.linalg.eigh(sigma1)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S1^(1/2)
-    inner = root1 @ sigma2 @ root1
+    half = v * np.sqrt(np.clip(w, 0, None))  # S1 = half half^T, half = V D^(1/2)
+    # half^T S2 half = V^T (S1^(1/2) S2 S1^(1/2)) V: same eigenvalues, one matrix product fewer than forming S1^(1/2)
+    inner = half.T @ sigma2 @ half
     tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
