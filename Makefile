@@ -17,9 +17,9 @@ run: setup  ## the whole pipeline on the embedded digits data: prepare -> train 
 	OMP_NUM_THREADS=1 dvc repro  # tiny nets: one thread is fastest, and the figures in README are 1-thread figures
 	dvc metrics show
 
-test: setup  ## what CI runs: ruff, then every test, slow ones too (2 cores: ~1 min unit, ~17 min integration, ~18 min slow)
+test: setup  ## what CI runs: ruff, then every test, slow ones too, one pytest worker per core (-n auto)
 	ruff check .
-	pytest
+	pytest -n auto --dist worksteal --durations=25
 
 test-fast: setup  ## the edit loop: unit and in-process tests, no subprocess, server, DVC or Prefect (under 3 min)
 	pytest -m "not slow and not integration" --durations=10
