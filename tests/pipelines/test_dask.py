@@ -55,6 +55,12 @@ def dask_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield address
 
 
+def worker_pids(address: str) -> dict[str, int]:
+    """{worker address: pid} of the cluster's worker processes."""
+    with Client(address, timeout=60, set_as_default=False) as client:
+        return client.run(os.getpid)
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_sweep_runs_its_trials_on_two_dask_worker_processes(
     tmp_path: Path, mlflow_uri: str, dask_scheduler: str
@@ -62,8 +68,7 @@ def test_sweep_runs_its_trials_on_two_dask_worker_processes(
     # given a project on the 2-D grid, two trials, and a cluster of two single-threaded worker processes
     raw = tiny_raw(data={"dataset": "grid25", "n_points": 500}, train={"eval_every": 0})
     project = make_project(tmp_path / "project", raw)
-    with Client(dask_scheduler, timeout=60, set_as_default=False) as client:
-        pids = client.run(os.getpid)  # {worker address: pid}
+    pids = worker_pids(dask_scheduler)
     assert len(pids) == N_WORKERS, pids
 
     # when the sweep flow runs on that cluster
@@ -114,8 +119,7 @@ def test_tune_runs_its_trials_on_two_dask_worker_processes_and_the_pruner_sees_t
     (project / "space.yaml").write_text(
         yaml.safe_dump({"train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-3, "log": True}})
     )
-    with Client(dask_scheduler, timeout=60, set_as_default=False) as client:
-        pids = client.run(os.getpid)  # {worker address: pid}
+    pids = worker_pids(dask_scheduler)
 
     # when a study of 2 trials runs on that cluster
     result = tune.cdgan_tune(space="space.yaml", trials=2, name="on-dask", project_dir=str(project),
