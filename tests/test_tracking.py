@@ -374,15 +374,18 @@ def test_a_locked_sqlite_store_is_tried_again_not_fatal(
 
 
 @pytest.fixture
-def _sigterm_raises() -> Iterator[None]:
-    """SIGTERM raises Terminated in this process, as under `cdgan`'s CLI, for the test."""
+def _signals_raise() -> Iterator[None]:
+    """For the test, as under `cdgan`'s CLI in a terminal: SIGTERM raises Terminated and SIGINT KeyboardInterrupt
+    in this process (pytest run as a background job, or as a pytest-xdist worker, ignores SIGINT)."""
 
     def terminate(_signum: int, _frame: object) -> None:
         raise Terminated
 
-    before = signal.signal(signal.SIGTERM, terminate)
+    before = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminate)}
+    before[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
-    signal.signal(signal.SIGTERM, before)
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
 
 
 @pytest.mark.parametrize(
@@ -392,7 +395,7 @@ def _sigterm_raises() -> Iterator[None]:
 )
 def test_a_signal_during_a_sqlite_write_lands_after_it_and_the_run_still_ends(
     signum: signal.Signals, raised: type[BaseException], status: str, tiny_params: Params, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, _keeps_tracking_uri: None, _sigterm_raises: None,
+    monkeypatch: pytest.MonkeyPatch, _keeps_tracking_uri: None, _signals_raise: None,
 ) -> None:  # fmt: skip
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
