@@ -17,15 +17,16 @@ run: setup  ## the whole pipeline on the embedded digits data: prepare -> train 
 	OMP_NUM_THREADS=1 dvc repro  # tiny nets: one thread is fastest, and the figures in README are 1-thread figures
 	dvc metrics show
 
-test: setup  ## what CI runs: ruff, then every test, slow ones too, one pytest worker per core (-n auto)
+test: setup  ## what CI runs: ruff, then every test; the slow ones (single-threaded trainings) one per core
 	ruff check .
-	pytest -n auto --dist worksteal --durations=25
+	pytest -m "not slow" --durations=15
+	pytest -m slow -n auto --dist load --durations=10
 
 test-fast: setup  ## the edit loop: unit and in-process tests, no subprocess, server, DVC or Prefect (under 3 min)
 	pytest -m "not slow and not integration" --durations=10
 
-test-slow: setup  ## only the slow quality tests (minutes of training): grid25 mode coverage, torch.compile
-	pytest -m slow
+test-slow: setup  ## only the slow tests (minutes of training each): quality targets, dvc exp, serving, compile
+	pytest -m slow -n auto --dist load
 
 lint: setup
 	ruff format --check .
