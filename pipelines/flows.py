@@ -175,6 +175,16 @@ def run_trial(project: Path, workspace: Path, raw: dict[str, Any], env: dict[str
     return read_json(Paths(workspace).eval_metrics)
 
 
+def trial_env(paths: Paths, parent_id: str, cluster: str | None) -> dict[str, str]:
+    """What a trial's stages get: the tracking URI and the parent run their MLflow run opens under, and on local
+    threads OMP_NUM_THREADS, the cores split between MAX_PARALLEL trials (on Dask the worker's environment
+    decides: its processes get OMP_NUM_THREADS=1)."""
+    env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(paths), tracking.PARENT_RUN_ENV: parent_id}
+    if cluster is None:
+        env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // MAX_PARALLEL)))
+    return env
+
+
 @contextmanager
 def trial_runner(cluster: str | None, flow_name: str, modules: tuple[str, ...] = (__name__,)) -> Iterator[TaskRunner]:
     """The flow's own thread pool, or a DaskTaskRunner connected to the scheduler at `cluster` (tcp://host:8786)
@@ -240,15 +250,12 @@ def cdgan_sweep(
     if len({p.data.dataset for p in params}) != 1:
         raise CdganError("cdgan-sweep: all trials must share data.dataset (one MLflow experiment per data set)")
     paths = Paths(project)
-    threads = str(max(1, (os.cpu_count() or 1) // MAX_PARALLEL))  # parallel trials must not oversubscribe cores
     sweep_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with (
         trial_runner(cluster, "cdgan-sweep") as runner,
         tracking.sweep_run(params[0], paths, sweep_id, {"grid": grid, "base": base or {}}) as parent_id,
     ):
-        env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(paths), tracking.PARENT_RUN_ENV: parent_id}
-        if cluster is None:  # on Dask the worker's environment decides (its processes get OMP_NUM_THREADS=1)
-            env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", threads)
+        env = trial_env(paths, parent_id, cluster)
         workspaces = [project / "sweeps" / sweep_id / trial_name(t) for t in trials]
         futures = [
             runner.submit(

@@ -215,7 +215,6 @@ def cdgan_tune(
     metric, _ = primary_metric(params.data.is_image)
     storage = storage or studies.default_storage(project)
     paths = Paths(project)
-    threads = str(max(1, (os.cpu_count() or 1) // PARALLEL))  # trials side by side must not oversubscribe cores
     about = {"study": name, "storage": storage, "space": space, "trials": trials, "cluster": cluster}
     modules = (__name__, flows.__name__, studies.__name__)  # the trial's code, sent to Dask workers by value
     with flows.trial_runner(cluster, "cdgan-tune", modules) as runner:  # an unreachable cluster fails here, first
@@ -223,9 +222,7 @@ def cdgan_tune(
         run_name = f"tune-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         with tracking.sweep_run(params, paths, run_name, about) as parent_id:
             tracking.set_tags({"cdgan.tune_study": name})
-            env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(paths), tracking.PARENT_RUN_ENV: parent_id}
-            if cluster is None:  # on Dask the worker's environment decides, as for sweep trials
-                env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", threads)
+            env = flows.trial_env(paths, parent_id, cluster)
             # on Dask: a trial per worker thread that the cluster has as the study starts
             slots = PARALLEL if cluster is None else max(1, sum(runner.client.nthreads().values()))
             ref = studies.StudyRef(storage, name, study.pruner)
