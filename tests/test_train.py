@@ -260,7 +260,7 @@ def test_checkpoint_holds_everything_to_resume(tmp_path: Path) -> None:
 
 def test_resume_from_checkpoint_is_bitwise(tmp_path: Path, deterministic: None) -> None:
     # given one run of 4 steps, and one of 2 steps checkpointed
-    full = _train(steps=4, loss="wgan-gp")
+    full = _train(steps=4, loss="wgan-gp", energy_ema=0.9)
     half = full.model_copy(update={"steps": 2})
     x = _points()
     straight = fit(_state(full, x), x, full, _no_log)
@@ -272,7 +272,7 @@ def test_resume_from_checkpoint_is_bitwise(tmp_path: Path, deterministic: None) 
     assert resumed.step == 2
     fit(resumed, x, full, _no_log)
     # then it matches the uninterrupted run bit for bit
-    for net in ("generator", "energy", "sampling_generator"):
+    for net in ("generator", "energy", "sampling_generator", "sampling_energy"):
         a, b = getattr(straight, net).state_dict(), getattr(resumed, net).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), f"{net} differs after resume"
 
@@ -338,6 +338,32 @@ def test_without_ema_the_raw_generator_samples() -> None:
     x = _points()
     state = fit(_state(params, x), x, params, _no_log)
     assert state.ema is None and state.sampling_generator is state.generator
+
+
+def test_energy_ema_is_the_energy_the_sampler_and_scores_get() -> None:
+    # given an energy-net EMA, and a score that records the networks it is handed
+    params = _train(steps=4, energy_ema=0.9, eval_every=4)
+    x = _points()
+    scored: list[torch.nn.Module] = []
+
+    def score(generator: torch.nn.Module, energy: torch.nn.Module) -> dict[str, float]:
+        scored.append(energy)
+        return {}
+
+    # when
+    state = fit(_state(params, x), x, params, _no_log, score)
+    # then the sampling energy is the averaged copy, with other weights than the trained net, and scores use it
+    assert state.sampling_energy is state.energy_ema.module and scored == [state.sampling_energy]
+    raw, averaged = state.energy.state_dict(), state.sampling_energy.state_dict()
+    assert raw.keys() == averaged.keys()
+    assert any(not torch.equal(raw[k], averaged[k]) for k in raw), "EMA weights equal the trained weights"
+
+
+def test_without_energy_ema_the_trained_energy_samples() -> None:
+    params = _train(steps=1)
+    x = _points()
+    state = fit(_state(params, x), x, params, _no_log)
+    assert state.energy_ema is None and state.sampling_energy is state.energy
 
 
 def test_checkpoint_dict_without_ema() -> None:

@@ -116,6 +116,7 @@ class TrainParams(_Section):
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     ema: float = Field(0.999, ge=0, lt=1)  # generator EMA decay; 0 disables it
+    energy_ema: float = Field(0.0, ge=0, lt=1)  # EMA decay of the energy net the sampler refines on; 0 = the last
     log_every: int = Field(50, gt=0)
     eval_every: int = Field(500, ge=0)  # score (FID or modes) during training; 0 = never
     checkpoint_every: int = Field(500, gt=0)

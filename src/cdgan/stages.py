@@ -182,7 +182,7 @@ def _train_tracked(
         seconds = time.perf_counter() - start
         save_torch(paths.checkpoint, checkpoint_dict(state, meta))
         save_torch(paths.generator, state.sampling_generator.state_dict())
-        save_torch(paths.energy, state.energy.state_dict())
+        save_torch(paths.energy, state.sampling_energy.state_dict())
         for name, rows in history.items():
             write_csv(paths.train_plots / f"{name}.csv", rows)
             tracking.log_artifact(paths.train_plots / f"{name}.csv", "plots")

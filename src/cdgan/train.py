@@ -31,6 +31,7 @@ class TrainState:
     generator: Generator
     energy: EnergyNet
     ema: AveragedModel | None
+    energy_ema: AveragedModel | None
     opt_g: torch.optim.Optimizer
     opt_e: torch.optim.Optimizer
     rng: torch.Generator  # batches, latents, chain noise
@@ -43,6 +44,11 @@ class TrainState:
         """The generator users get: EMA weights when enabled."""
         return self.ema.module if self.ema is not None else self.generator
 
+    @property
+    def sampling_energy(self) -> EnergyNet:
+        """The energy net the model output is refined on: EMA weights when enabled."""
+        return self.energy_ema.module if self.energy_ema is not None else self.energy
+
 
 def init_state(model: ModelParams, train: TrainParams, data_shape: tuple[int, ...], device: torch.device) -> TrainState:
     """Both networks from `train.seed` (the same on every rank), on `device`, in the layout and compiled
@@ -53,9 +59,10 @@ def init_state(model: ModelParams, train: TrainParams, data_shape: tuple[int, ..
     generator, energy = (net.to(device, memory_format=layout) for net in build_models(model, data_shape))
     if distributed.world_size() > 1 and device.type == "cuda":  # BatchNorm over the global batch (no CPU kernel)
         nn.SyncBatchNorm.convert_sync_batchnorm(generator)  # swaps the generator's BatchNorm layers in place
-    ema = None
-    if train.ema > 0:
-        ema = AveragedModel(generator, multi_avg_fn=ema_with_warmup(train.ema), use_buffers=True)
+    ema, energy_ema = (
+        AveragedModel(net, multi_avg_fn=ema_with_warmup(decay), use_buffers=True) if decay > 0 else None
+        for net, decay in ((generator, train.ema), (energy, train.energy_ema))
+    )
     if train.compile:  # in place, after the EMA copy: state_dict keys stay those of the plain networks
         generator.compile()
         energy.compile()
@@ -64,6 +71,7 @@ def init_state(model: ModelParams, train: TrainParams, data_shape: tuple[int, ..
         generator,
         energy,
         ema,
+        energy_ema,
         torch.optim.Adam(generator.parameters(), lr=train.lr, betas=betas),
         torch.optim.Adam(energy.parameters(), lr=train.lr_e or train.lr, betas=betas),
         torch.Generator(device).manual_seed(train.seed),
@@ -130,6 +138,7 @@ def checkpoint_dict(state: TrainState, meta: RunMeta | None) -> dict[str, Any]:
         "generator": state.generator.state_dict(),
         "energy": state.energy.state_dict(),
         "ema": state.ema.state_dict() if state.ema is not None else None,
+        "energy_ema": state.energy_ema.state_dict() if state.energy_ema is not None else None,
         "opt_g": state.opt_g.state_dict(),
         "opt_e": state.opt_e.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "loop": state.rng.get_state()},
@@ -145,6 +154,8 @@ def restore_state(state: TrainState, saved: dict[str, Any]) -> None:
     state.energy.load_state_dict(saved["energy"])
     if state.ema is not None:
         state.ema.load_state_dict(saved["ema"])
+    if state.energy_ema is not None:
+        state.energy_ema.load_state_dict(saved["energy_ema"])
     state.opt_g.load_state_dict(saved["opt_g"])
     state.opt_e.load_state_dict(saved["opt_e"])
     torch.set_rng_state(saved["rng"]["torch"])
@@ -288,8 +299,9 @@ def _generator_step(params: TrainParams, s: TrainState) -> dict[str, Tensor]:
         else:
             loss_g = LOSSES[params.loss].generator(s.energy(x_gen))
     _update(s.generator, s.opt_g, loss_g)
-    if s.ema is not None:
-        s.ema.update_parameters(s.generator)
+    for average, net in ((s.ema, s.generator), (s.energy_ema, s.energy)):  # once per generator step, both
+        if average is not None:
+            average.update_parameters(net)
     return {"loss_g": loss_g.detach()}
 
 
@@ -335,7 +347,7 @@ def fit(
         if is_log:
             log(step, logged)
         if score is not None and params.eval_every and (step % params.eval_every == 0 or is_last):
-            log(step, score(state.sampling_generator, state.energy))
+            log(step, score(state.sampling_generator, state.sampling_energy))
         if is_checkpoint and distributed.is_main():
             save_torch(checkpoint_path, checkpoint_dict(state, meta))
     return state
