@@ -23,6 +23,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
+from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from cdgan import tracking
@@ -38,6 +39,7 @@ TRIAL_FILES = ("dvc.yaml", ".dvcignore", "src")  # what a sweep trial's workspac
 SEED_KEYS = {"train.seed", "data.seed", "evaluate.seed"}  # varied to repeat a setting, not to compare settings
 MAX_PARALLEL = 2  # concurrent sweep trials; change with cdgan_sweep.with_options(task_runner=...)
 CONNECT_SECONDS = 10  # to reach the Dask scheduler of `cdgan_sweep(cluster=...)` before giving up
+EPHEMERAL_START_SECONDS = 120  # Prefect's 20 s default timed out here on a first start beside two trainings
 
 
 def _run_streaming(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
@@ -333,6 +335,17 @@ def _key_values(items: list[str]) -> dict[str, list[Any]]:
     return out
 
 
+@contextmanager
+def patient_ephemeral_server() -> Iterator[None]:
+    """Without PREFECT_API_URL a flow run starts a temporary server, which Prefect waits 20 s for: too short on
+    a busy machine, where the first start also migrates the database. An explicit setting is left alone."""
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
+        yield
+        return
+    with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_START_SECONDS}):
+        yield
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Run cdgan-pipeline, or cdgan-sweep with --grid.")
     parser.add_argument("--params", default="params.yaml", help="params file (or preset), relative to --project")
@@ -351,9 +364,10 @@ if __name__ == "__main__":
         parser.error("--cluster runs sweep trials: give --grid too")
     try:
         overrides = {key: values[0] for key, values in _key_values(args.set).items()}
-        if args.grid:
-            cdgan_sweep(_key_values(args.grid), overrides, args.project, args.name, args.params, args.cluster)
-        else:
-            cdgan_pipeline(params_path=args.params, project_dir=args.project, overrides=overrides)
+        with patient_ephemeral_server():
+            if args.grid:
+                cdgan_sweep(_key_values(args.grid), overrides, args.project, args.name, args.params, args.cluster)
+            else:
+                cdgan_pipeline(params_path=args.params, project_dir=args.project, overrides=overrides)
     except CdganError as err:
         raise SystemExit(f"cdgan: error: {err}") from None  # one line, no traceback

@@ -315,9 +315,10 @@ if __name__ == "__main__":
     args = parser.parse_args()
     try:
         overrides = {key: values[0] for key, values in flows._key_values(args.set).items()}
-        best = cdgan_tune(
-            args.space, args.trials, args.name, args.params, args.project, args.storage, overrides, args.cluster
-        )
+        with flows.patient_ephemeral_server():
+            best = cdgan_tune(
+                args.space, args.trials, args.name, args.params, args.project, args.storage, overrides, args.cluster
+            )
     except CdganError as err:
         raise SystemExit(f"cdgan: error: {err}") from None  # one line, no traceback
     print(json.dumps(best, indent=2))

@@ -160,3 +160,18 @@ def test_seconds_to_target_reads_the_score_history(
     seconds = flows.seconds_to_target(paths, evaluation)
     # then
     assert seconds == pytest.approx(expected, nan_ok=True)
+
+
+def test_the_cli_waits_longer_for_prefects_temporary_server_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as TIMEOUT
+
+    # given no setting of the user's: the flows' CLI waits EPHEMERAL_START_SECONDS, Prefect's own default after
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    default = TIMEOUT.value()
+    with flows.patient_ephemeral_server():
+        assert TIMEOUT.value() == flows.EPHEMERAL_START_SECONDS > default
+    assert TIMEOUT.value() == default
+    # given the user's own setting: left as it is
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "7")
+    with flows.patient_ephemeral_server():
+        assert TIMEOUT.value() != flows.EPHEMERAL_START_SECONDS  # not overridden: the user's 7 s stands
