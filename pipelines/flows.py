@@ -15,7 +15,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -335,15 +335,12 @@ def _key_values(items: list[str]) -> dict[str, list[Any]]:
     return out
 
 
-@contextmanager
-def patient_ephemeral_server() -> Iterator[None]:
+def patient_ephemeral_server() -> AbstractContextManager[object]:
     """Without PREFECT_API_URL a flow run starts a temporary server, which Prefect waits 20 s for: too short on
     a busy machine, where the first start also migrates the database. An explicit setting is left alone."""
     if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
-        yield
-        return
-    with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_START_SECONDS}):
-        yield
+        return nullcontext()
+    return temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_START_SECONDS})
 
 
 if __name__ == "__main__":
