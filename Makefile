@@ -19,12 +19,15 @@ run: setup  ## the whole pipeline on the embedded digits data: prepare -> train 
 
 SLOW_LOG := .pytest-slow.log
 
-# what CI runs: ruff, then the two tiers side by side, one per core. The slow tier (single-threaded trainings)
-# runs in the background, its output in $(SLOW_LOG), printed when both are done; either tier failing fails make.
-# One process per tier: each session fixture starts once (xdist workers start them once each).
+# what CI runs: ruff, then the two tiers side by side. The slow tier (single-threaded trainings) runs in the
+# background on two xdist workers, its output in $(SLOW_LOG), printed when both are done; either tier failing
+# fails make. Its trainings are independent, so two workers keep both cores busy while the other tier waits on
+# servers and subprocesses; --dist loadgroup keeps tests/test_dvc_exp.py on one worker, so its module fixture
+# (a queue of two whole pipelines) runs once.
 test: setup  ## what CI runs: ruff, then every test: the slow tier in the background beside the others
 	ruff check .
-	@pytest -m slow --durations=10 > $(SLOW_LOG) 2>&1 & slow=$$!; trap 'kill $$slow 2>/dev/null' INT TERM; \
+	@pytest -m slow -n 2 --dist loadgroup --durations=10 > $(SLOW_LOG) 2>&1 & slow=$$!; \
+	trap 'kill $$slow 2>/dev/null' INT TERM; \
 	echo "slow tier (quality, dvc exp, serving) running in the background: $(SLOW_LOG)"; \
 	pytest -m "not slow" --durations=15; rest=$$?; \
 	wait $$slow; slow_rc=$$?; \
@@ -36,7 +39,7 @@ test-fast: setup  ## the edit loop: unit and in-process tests, no subprocess, se
 	pytest -m "not slow and not integration" --durations=10
 
 test-slow: setup  ## only the slow tests (minutes of training each): quality targets, dvc exp, serving, compile
-	pytest -m slow -n auto --dist load
+	pytest -m slow -n auto --dist loadgroup
 
 lint: setup
 	ruff format --check .
