@@ -22,11 +22,12 @@ SLOW_LOG := .pytest-slow.log
 # what CI runs: ruff, then the two tiers side by side. The slow tier (single-threaded trainings) runs in the
 # background on two xdist workers, its output in $(SLOW_LOG), printed when both are done; either tier failing
 # fails make. Its trainings are independent, so two workers keep both cores busy while the other tier waits on
-# servers and subprocesses; --dist loadgroup keeps tests/test_dvc_exp.py on one worker, so its module fixture
-# (a queue of two whole pipelines) runs once.
+# servers and subprocesses. Each worker that takes a test of tests/test_dvc_exp.py runs its module fixture (about
+# 2 min); --dist loadgroup would keep them on one worker, but with pytest 9.2 it silently acts as --dist load
+# (pytest-xdist issue #1386: its group suffix on node ids no longer takes effect).
 test: setup  ## what CI runs: ruff, then every test: the slow tier in the background beside the others
 	ruff check .
-	@pytest -m slow -n 2 --dist loadgroup --durations=10 > $(SLOW_LOG) 2>&1 & slow=$$!; \
+	@pytest -m slow -n 2 --dist load --durations=10 > $(SLOW_LOG) 2>&1 & slow=$$!; \
 	trap 'kill $$slow 2>/dev/null' INT TERM; \
 	echo "slow tier (quality, dvc exp, serving) running in the background: $(SLOW_LOG)"; \
 	pytest -m "not slow" --durations=15; rest=$$?; \
@@ -39,7 +40,7 @@ test-fast: setup  ## the edit loop: unit and in-process tests, no subprocess, se
 	pytest -m "not slow and not integration" --durations=10
 
 test-slow: setup  ## only the slow tests (minutes of training each): quality targets, dvc exp, serving, compile
-	pytest -m slow -n auto --dist loadgroup
+	pytest -m slow -n auto --dist load
 
 lint: setup
 	ruff format --check .

@@ -25,7 +25,7 @@ QUEUE_SECONDS = 900  # two tiny pipelines in parallel: about 2 min on a busy 2-c
 NO_SERVER = {"MLFLOW_TRACKING_URI": ""}  # the project's own store, as a user without a server has it
 # about 4 min on a busy 2-core machine (the queue runs two whole tiny pipelines); the fast tier covers where
 # the stores go inside an experiment in tests/test_tracking.py
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dvc_exp")]  # one xdist worker: the fixture runs once
+pytestmark = pytest.mark.slow
 
 
 @dataclass(frozen=True)
