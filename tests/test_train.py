@@ -27,6 +27,7 @@ from cdgan.train import (
     fit,
     init_state,
     load_resumable,
+    lr_factor,
     restore_state,
     resume_key,
 )
@@ -428,6 +429,51 @@ def test_cooperative_needs_cd_with_a_chain(bad: dict) -> None:
 def test_separate_energy_learning_rate() -> None:
     state = _state(_train(lr=1e-3, lr_e=5e-4), _points())
     assert state.opt_g.param_groups[0]["lr"] == 1e-3 and state.opt_e.param_groups[0]["lr"] == 5e-4
+
+
+def test_lr_decay_holds_the_rate_then_lowers_it_linearly_over_the_last_share_of_the_steps() -> None:
+    factors = [lr_factor(_train(steps=10, lr_decay=0.5), step) for step in range(10)]
+    assert factors == pytest.approx([1, 1, 1, 1, 1, 1, 0.8, 0.6, 0.4, 0.2])
+    assert [lr_factor(_train(steps=10), step) for step in range(10)] == [1.0] * 10, "lr_decay 0: constant"
+
+
+def test_fit_steps_both_optimisers_at_the_decayed_rates() -> None:
+    # given a run whose rates fall over all 4 steps, the energy net at its own rate
+    params = _train(steps=4, lr=1e-3, lr_e=4e-4, lr_decay=1.0)
+    x = _points()
+    state = _state(params, x)
+    seen: list[float] = []
+
+    def log(step: int, values: dict[str, float]) -> None:
+        seen.extend([state.opt_g.param_groups[0]["lr"], state.opt_e.param_groups[0]["lr"]])
+
+    # when it trains
+    fit(state, x, params, log)
+    # then each step used the scheduled rates
+    assert seen == pytest.approx([lr * f for f in (1, 0.75, 0.5, 0.25) for lr in (1e-3, 4e-4)])
+
+
+def test_an_interrupted_run_with_lr_decay_resumes_bitwise(tmp_path: Path, deterministic: None) -> None:
+    # given a run with decaying rates, checkpointed at step 2 and stopped at step 3
+    params = _train(steps=4, lr_decay=0.75, checkpoint_every=2)
+    x = _points()
+    straight = fit(_state(params, x), x, params, _no_log)
+
+    def stop_at_3(step: int, values: dict[str, float]) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(_state(params, x), x, params, stop_at_3, checkpoint_path=tmp_path / "checkpoint.pt")
+    # when a fresh state is restored from the checkpoint and trained on to the end
+    resumed = _state(params, x)
+    restore_state(resumed, load_torch(tmp_path / "checkpoint.pt"))
+    assert resumed.step == 2
+    fit(resumed, x, params, _no_log)
+    # then it matches the uninterrupted run bit for bit: the rates follow the step, not a scheduler's state
+    for net in ("generator", "energy"):
+        a, b = getattr(straight, net).state_dict(), getattr(resumed, net).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{net} differs after resume"
 
 
 def test_amp_runs_the_forward_passes_in_bfloat16_on_cpu() -> None:

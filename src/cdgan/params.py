@@ -113,6 +113,7 @@ class TrainParams(_Section):
     batch_size: int = Field(64, gt=0)  # global: each torchrun process trains on batch_size / world size
     lr: float = Field(2e-4, gt=0)  # generator, and energy net unless lr_e is set
     lr_e: float | None = Field(None, gt=0)
+    lr_decay: float = Field(0.0, ge=0, le=1)  # share of the steps, at the end, over which both lrs fall linearly to 0
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     ema: float = Field(0.999, ge=0, lt=1)  # generator EMA decay; 0 disables it

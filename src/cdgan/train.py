@@ -305,6 +305,20 @@ def _generator_step(params: TrainParams, s: TrainState) -> dict[str, Tensor]:
     return {"loss_g": loss_g.detach()}
 
 
+def lr_factor(params: TrainParams, step: int) -> float:
+    """The learning rates' multiplier before generator step `step` + 1: 1, then linearly down to 0 over the last
+    `lr_decay` share of the steps (pix2pix's schedule). A function of the step alone, so resuming needs no state."""
+    decay_steps = params.lr_decay * params.steps
+    return 1.0 if decay_steps == 0 else min(1.0, (params.steps - step) / decay_steps)
+
+
+def _set_lrs(params: TrainParams, s: TrainState) -> None:
+    factor = lr_factor(params, s.step)
+    for opt, base in ((s.opt_g, params.lr), (s.opt_e, params.lr_e or params.lr)):
+        for group in opt.param_groups:
+            group["lr"] = base * factor
+
+
 def _check_finite(step: int, values: dict[str, float], params: TrainParams) -> None:
     bad = {
         k: v for k, v in values.items() if not abs(v) < float("inf") or (k.startswith("e_") and abs(v) > ENERGY_BOUND)
@@ -332,6 +346,7 @@ def fit(
     """
     state.generator.train()
     while state.step < params.steps:
+        _set_lrs(params, state)
         for _ in range(params.n_critic):
             values = energy_step(params, state, real)
         values |= _generator_step(params, state)
