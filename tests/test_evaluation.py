@@ -25,7 +25,7 @@ from cdgan.evaluation import (
     save_reference,
     score_model,
 )
-from cdgan.metrics import frechet_distance
+from cdgan.metrics import density_coverage, frechet_distance, precision_recall
 from cdgan.models import EnergyNet, Generator, build_models
 from cdgan.params import DataParams, EvaluateParams, ModelParams, Params, Paths, SampleParams, parse_params
 from cdgan.stages import evaluate, prepare, register, train
@@ -91,6 +91,40 @@ def test_streamed_fid_equals_the_fid_of_all_samples_featurized_at_once(
         features = reference.classifier.features(x).double().numpy()
     whole = frechet_distance(features.mean(0), np.cov(features, rowvar=False), reference.mu, reference.sigma)
     assert streamed == pytest.approx(whole, rel=1e-6)
+
+
+class _OtherDigits(torch.nn.Module):
+    """z -> one of `images`, picked by z: samples as close to real digits as the held-out ones are."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        super().__init__()
+        self.images = torch.nn.Parameter(images, requires_grad=False)  # a parameter: samplers read its device
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.images[(z[:, 0].abs() * 1e4).long() % len(self.images)]
+
+
+def test_knn_metrics_score_as_many_samples_as_held_out_examples_when_n_samples_is_larger(
+    digits: Dataset, reference_path: Path
+) -> None:
+    # given 150 held-out examples, 3 batches of samples from a generator of the other digits, and the k-NN
+    # metrics: more samples help FID, but k-NN radii shrink with the number of points, so unequal sides would
+    # bias recall down and coverage up
+    heldout = Dataset(digits.x[:150], digits.y[:150])
+    generator = Generator(4, _OtherDigits(torch.from_numpy(digits.x[150:])), (1, 8, 8))
+    ev = EvaluateParams(n_samples=2 * BATCH + 100, metrics=("fid", "precision_recall", "density_coverage"))
+    suite = build_suite("digits", heldout, reference_path, ev, CPU)
+    # when
+    metrics = score_model(suite, generator, None, RAW).metrics
+    # then they equal the metrics of the first 150 samples against the 150 real features
+    x = torch.cat([x_out for _, x_out in sample_batches(generator, None, RAW, ev.n_samples, ev.seed)])[:150]
+    with torch.no_grad():
+        fake = suite.extractor(x)[0]
+    expected = precision_recall(suite.real_features, fake, ev.nearest_k) | density_coverage(
+        suite.real_features, fake, ev.nearest_k
+    )
+    assert len(suite.real_features) == 150 and 0 < expected["recall"] < 1 and 0 < expected["coverage"] < 1, expected
+    assert {k: metrics[k] for k in expected} == pytest.approx(expected)
 
 
 def test_samples_depend_on_n_and_seed_only_and_raw_and_refined_share_z(models: tuple[Generator, EnergyNet]) -> None:

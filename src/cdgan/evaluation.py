@@ -290,8 +290,9 @@ def score_model(suite: Suite, generator: Generator, energy: EnergyNet | None, sa
             scores_raw.update(x_raw)
         if "inception_score" in ev.metrics:
             inception_score.update(logits)
-        if suite.real_features is not None:
-            kept.append(features)
+        n_kept = sum(map(len, kept))
+        if suite.real_features is not None and n_kept < len(suite.real_features):
+            kept.append(features[: len(suite.real_features) - n_kept])  # as many per side as the real features
         if sum(map(len, preview)) < PREVIEW:
             preview.append(x_out)
     fid = scores_out.fid(suite.real_stats)

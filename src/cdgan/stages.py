@@ -208,7 +208,7 @@ def _progress_bar() -> Iterator[Progress]:
         yield bar
 
 
-def _load_trained(
+def load_trained(
     params: Params, paths: Paths, data_shape: tuple[int, ...], generator_path: Path | None = None
 ) -> tuple[Generator, EnergyNet]:
     generator_path = generator_path or paths.generator
@@ -234,7 +234,7 @@ def evaluate(params: Params, paths: Paths, model_uri: str | None = None, out: Pa
     device = resolve_device(ev.device, "evaluate.device")
     suite = build_suite(params.data.dataset, heldout, paths.classifier, ev, device)  # checks params against the data
     if model_uri is None:
-        generator, energy = _load_trained(params, paths, train_split.shape)
+        generator, energy = load_trained(params, paths, train_split.shape)
         sampling = params.sample
     else:
         bundle = _load_registered(paths, model_uri, train_split.shape)
@@ -291,7 +291,7 @@ def register(params: Params, paths: Paths, force: bool = False) -> RegisterResul
         raise CdganError(f"{picture}: not found; run the evaluate stage first (dvc repro)")
     metric, lower_is_better = primary_metric(params.data.is_image)
     real_shape = load_dataset(paths.dataset).shape
-    generator, energy = _load_trained(params, paths, real_shape)
+    generator, energy = load_trained(params, paths, real_shape)
     sampling = params.sample
     comparable = {"dataset": evaluation["dataset"], "feature_extractor": evaluation["feature_extractor"],
                   "data_sha256": sha256_file(paths.dataset)}  # fmt: skip
@@ -329,7 +329,7 @@ def sample(
     if n <= 0:
         raise CdganError(f"--n must be > 0 (got {n})")
     if generator_path is not None:
-        generator, energy = _load_trained(params, paths, load_dataset(paths.dataset).shape, generator_path)
+        generator, energy = load_trained(params, paths, load_dataset(paths.dataset).shape, generator_path)
         x = draw_samples(generator, energy, n, seed, params.sample).numpy()
     else:
         tracking.connect(paths)
