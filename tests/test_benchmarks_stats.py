@@ -1,4 +1,5 @@
-"""benchmarks/stats.py: the intervals behind every benchmark goal, the verdicts they allow, sequential stopping."""
+"""benchmarks/stats.py: the intervals behind every benchmark goal, the verdicts they allow, sequential stopping;
+and the within-run Prefect overhead built on them."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from benchmarks.pipeline_overhead import within_run_overhead
 from benchmarks.stats import (
     CANNOT_TELL,
     MET,
@@ -199,3 +201,29 @@ def test_run_pairs_runs_two_pairs_whatever_the_time_cap():
     out = run_pairs(clock.run_pair, lambda: 0.5, bound=0.02, min_pairs=5, max_pairs=50, max_seconds=10, clock=clock)
     assert out["pairs"] == 2
     assert out["stopped"] == "time cap"
+
+
+def test_within_run_overhead_is_the_t_interval_of_each_runs_time_outside_its_tasks():
+    # given 3 flow runs of 11, 12 and 13 s whose tasks ran 10.5, 11 and 12 s, of which 0.5 s are the extra DVC
+    # start-ups a one-stage-at-a-time flow pays
+    flow_wall, task_s, extra = [11.0, 12.0, 13.0], [10.5, 11.0, 12.0], 0.5
+    # when
+    interval = within_run_overhead(flow_wall, task_s, extra)
+    # then each run's overhead is (wall - tasks + extra) / (tasks - extra), and the interval is their t-interval
+    per_run = [1.0 / 10.0, 1.5 / 10.5, 1.5 / 11.5]
+    assert interval["per_run"] == pytest.approx(per_run, abs=1e-4)
+    assert interval["estimate"] == pytest.approx(np.mean(per_run))
+    half = stats.t.ppf(0.975, 2) * np.std(per_run, ddof=1) / math.sqrt(3)
+    assert interval["half_width"] == pytest.approx(half) and interval["n"] == 3
+
+
+def test_goals_table_has_a_row_for_the_within_run_prefect_overhead_with_its_own_verdict():
+    from benchmarks.goals import goals
+
+    within = within_run_overhead([10.6, 10.75, 10.5, 10.6], [10.5, 10.6, 10.4, 10.5], 0.5)  # about 0.06 a run
+    result = {
+        "prefect_overhead_frac_within_run": within | {"clock": "wall", "goal": "<= 0.1"},
+        "prefect_overhead_verdict_within_run": verdict(within["low"], within["high"], 0.10, "at_most"),
+    }
+    row = goals(result)["prefect_overhead_frac_within_run"]
+    assert row["verdict"] == MET and row["pairs"] == 4 and row["high"] < 0.10, row
