@@ -5,6 +5,8 @@ the Gaussian-mixture baseline (`fid_gmm`); grid25 (presets/grid25.yaml), all but
 (`modes_floor` - 1). Each seed trains through `cdgan.stages.train` in a throw-away project (MLflow, bar and
 checkpoints as in a real run), scored every `SCORE_EVERY[dataset]` steps, and stops at the first score that
 reaches the target, so a seed costs its own time to target and no more (the cap is the preset's `steps`).
+Each score draws `evaluate.n_samples` samples, as the reference point behind the target does: FID's bias falls
+with the sample count, so a score from fewer samples would chase a target it cannot be compared with.
 
 Two departures from the pipeline's figure, both to make it a benchmark: scores come finer than
 `train.eval_every` (the pipeline's history resolves 1000 digits steps, about 30 s), and grid25 is scored on
@@ -48,7 +50,6 @@ from cdgan.sampler import draw_samples
 
 PRESETS = {"digits": REPO / "params.yaml", "grid25": REPO / "presets" / "grid25.yaml"}
 SCORE_EVERY = {"digits": 250, "grid25": 100}  # steps between scores: ~8 s of digits, ~3 s of grid25 here
-SCORE_SAMPLES = 1000  # as cdgan.stages scores during training
 RESULTS = Path(__file__).with_name("time_to_quality.json")
 # sweep reports whose rows are the default model of a data set: (file, {column: value}) for the rows to keep
 SWEEP_ROWS = {
@@ -90,7 +91,7 @@ def _train_to_target(params: Params, paths: Paths, metric: str, threshold: float
 
         def score(generator: Any, energy: Any) -> dict[str, float]:
             wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0  # up to this step
-            values = scorer(draw_samples(generator, energy, SCORE_SAMPLES, train.seed, params.sample))
+            values = scorer(draw_samples(generator, energy, params.evaluate.n_samples, train.seed, params.sample))
             history.append({"step": state.step, "seconds": wall, "cpu_seconds": cpu, metric: values[metric]})
             if _is_reached(metric, values[metric], threshold):
                 state.step = train.steps  # the loop's own stop test ends the run after this step
@@ -132,9 +133,10 @@ def train_seeds(dataset: str, seeds: list[int]) -> dict[str, Any]:
 
 
 def _scored_on(params: Params) -> str:
+    count = f"{params.evaluate.n_samples} samples a score, as many as the target's reference point"
     if params.sample.langevin_steps == 0:
-        return "raw G(z) (the model's output: sample.langevin_steps 0)"
-    return f"the model's output: G(z) after {params.sample.langevin_steps} Langevin steps (sample section)"
+        return f"raw G(z) (the model's output: sample.langevin_steps 0), {count}"
+    return f"the model's output: G(z) after {params.sample.langevin_steps} Langevin steps (sample section), {count}"
 
 
 def summarize(measured: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,11 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from cdgan.params import Paths
+from cdgan.data import load_dataset
+from cdgan.evaluation import build_scorer
+from cdgan.params import Paths, load_params
+from cdgan.sampler import draw_samples
+from cdgan.stages import load_trained
 from tests.conftest import REPO, run
 
 STAGES = ("prepare", "train", "evaluate", "register")
@@ -47,6 +51,24 @@ def test_repro_writes_every_output(dvc_paths: Paths) -> None:
     assert len(losses) == 1 + 20 // 5, "one row per log_every step"
     scores = (dvc_paths.train_plots / "scores.csv").read_text().splitlines()
     assert scores[0] == "step,fid" and len(scores) == 1 + 20 // 10
+
+
+def test_fid_during_training_scores_as_many_samples_as_evaluate(dvc_paths: Paths) -> None:
+    # given the trained tiny project (evaluate.n_samples 200, a score at the last step, 20) and its own scorer
+    params = load_params(dvc_paths.root / "params.yaml")
+    real = load_dataset(dvc_paths.dataset)
+    generator, energy = load_trained(params, dvc_paths, real.shape)
+    scorer = build_scorer(params.data.dataset, real, dvc_paths.classifier)
+    last = float((dvc_paths.train_plots / "scores.csv").read_text().splitlines()[-1].split(",")[1])
+
+    def fid_of(n: int) -> float:
+        return scorer(draw_samples(generator, energy, n, params.train.seed))["fid"]
+
+    # then the last score is the FID of evaluate.n_samples samples of the saved generator, which another count
+    # would not give (FID's bias depends on it)
+    assert params.evaluate.n_samples == 200
+    assert last == pytest.approx(fid_of(200), rel=1e-5)
+    assert last != pytest.approx(fid_of(100), rel=1e-3)
 
 
 def test_repro_then_status_is_clean_and_second_repro_does_nothing(dvc_repo: Path) -> None:
