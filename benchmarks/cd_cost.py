@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from benchmarks.throughput import no_log, project_params
+from benchmarks.arms import no_log, project_params
 from benchmarks.timing import Timing, interleaved, median, note, timed
 
 from cdgan.data import build_dataset

@@ -16,8 +16,8 @@ from unittest import mock
 
 import torch
 import yaml
+from benchmarks.arms import no_log, torch_globals
 from benchmarks.stats import mean_interval, rounded_interval
-from benchmarks.throughput import no_log, torch_globals
 from benchmarks.timing import REPO, note
 
 from cdgan import train as train_module

@@ -18,14 +18,8 @@ from pathlib import Path
 
 import mlflow
 import torch
-from benchmarks.throughput import (
-    bare_fit,
-    no_log,
-    prepare_project,
-    project_params,
-    quiet_bar,
-    torch_globals,
-)
+from benchmarks.arms import no_log, project_params, torch_globals
+from benchmarks.throughput import bare_fit, prepare_project, quiet_bar
 from benchmarks.timing import Timing, environ, interleaved, median, note, paired_ratio, timed
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn

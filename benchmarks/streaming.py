@@ -8,7 +8,7 @@ that would crowd a GPU, and this measures what it costs where it is not needed.
 
 from __future__ import annotations
 
-from benchmarks.throughput import fit_arm, project_params
+from benchmarks.arms import fit_arm, project_params
 from benchmarks.timing import interleaved, median, note
 
 from cdgan.data import build_dataset

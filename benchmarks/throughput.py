@@ -18,48 +18,27 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import numpy as np
 import torch
-import yaml
+from benchmarks.arms import fit_arm, no_log, project_params, torch_globals
 from benchmarks.stats import bootstrap_ratio_interval, ratio_interval, rounded_interval, run_pairs, verdict
-from benchmarks.timing import REPO, Timing, environ, interleaved_round, median, note, rounded, stopwatch, timed
+from benchmarks.timing import Timing, environ, interleaved_round, median, note, rounded, stopwatch, timed
 from rich.progress import Progress
 from torch import Tensor
 
 from cdgan import stages
-from cdgan.data import device_or_stream, load_dataset
+from cdgan.data import load_dataset
 from cdgan.models import EnergyNet, Generator, build_models
-from cdgan.params import ModelParams, Params, Paths, TrainParams, parse_params
+from cdgan.params import ModelParams, Params, Paths, TrainParams
 from cdgan.train import fit, init_state
 
-CPU = torch.device("cpu")
 # Train params the bare loop does not write; the benchmark refuses to compare when one is switched on.
 _PLAIN_CD = {"loss": "cd", "replay_size": 0, "langevin_grad_clip": 0.0, "generator_objective": "energy"}
-
-
-def project_params(dataset: str, **train: object) -> Params:
-    """The repo's params.yaml on the CPU for `dataset`, with `train` overrides (a 1-epoch FID classifier)."""
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["data"] = {**raw["data"], "dataset": dataset, "classifier_epochs": 1}
-    raw["train"] = {**raw["train"], "device": "cpu", **train}
-    return parse_params(raw, "benchmark params")
 
 
 def _check_plain_cd(params: TrainParams) -> None:
     extras = {key: getattr(params, key) for key, off in _PLAIN_CD.items() if getattr(params, key, off) != off}
     if extras:
         raise ValueError(f"the bare loop writes plain CD only; params.yaml switches on {extras}")
-
-
-@contextmanager
-def torch_globals() -> Iterator[None]:
-    """`stages.train` switches on deterministic algorithms and reseeds torch; undo both afterwards."""
-    deterministic, rng = torch.are_deterministic_algorithms_enabled(), torch.get_rng_state()
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-        torch.set_rng_state(rng)
 
 
 def bare_fit(model: ModelParams, train: TrainParams, x_data: Tensor, steps: int) -> tuple[Generator, EnergyNet]:
@@ -127,10 +106,6 @@ def bare_matches_fit(model: ModelParams, train: TrainParams, x_data: Tensor, ste
         strict=True,
     )
     return max((a.double() - b.double()).abs().max().item() for a, b in pairs)
-
-
-def no_log(step: int, values: dict[str, float]) -> None:
-    """`fit`'s log callable when nothing is tracked."""
 
 
 @contextmanager
@@ -201,25 +176,6 @@ def _experiments() -> dict[str, list[Any]]:
         "stage_bar_manual_refresh": [mock.patch.object(stages, "Progress", _ManualRefreshProgress)],
         "stage_nondeterministic": [mock.patch.object(torch, "use_deterministic_algorithms", lambda *a, **k: None)],
     }
-
-
-def fit_arm(params: Params, x: np.ndarray, device: torch.device = CPU) -> Callable[[], Timing]:
-    """`cdgan.train.fit` alone from fresh weights, nothing logged or saved, its data on the device or streamed
-    as `stages.train` would; the clock stops when the device is done."""
-
-    def arm() -> Timing:
-        with torch_globals():
-            state = init_state(params.model, params.train, tuple(x.shape[1:]), device)
-            real = device_or_stream(params.train, x, 0, device)
-
-            def run() -> None:
-                fit(state, real, params.train, no_log)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-
-            return timed(run)
-
-    return arm
 
 
 def _summary(seconds: dict[str, list[float]], examples: int) -> dict[str, object]:

@@ -38,8 +38,9 @@ from unittest import mock
 
 import torch
 import yaml
+from benchmarks.arms import torch_globals
 from benchmarks.stats import mean_interval, rounded_interval
-from benchmarks.throughput import prepare_project, quiet_bar, torch_globals
+from benchmarks.throughput import prepare_project, quiet_bar
 from benchmarks.timing import REPO, environ, note
 
 from cdgan import stages

@@ -227,3 +227,17 @@ def test_goals_table_has_a_row_for_the_within_run_prefect_overhead_with_its_own_
     }
     row = goals(result)["prefect_overhead_frac_within_run"]
     assert row["verdict"] == MET and row["pairs"] == 4 and row["high"] < 0.10, row
+
+
+def test_gpu_speedups_pair_each_round_of_an_arm_with_the_baselines_round():
+    from benchmarks.gpu import speedups
+
+    # given wall seconds per round: fp32 drifts slower round by round, amp is always 4/5 of the same round's fp32
+    wall = {"fp32": [1.0, 2.0, 3.0], "amp": [0.8, 1.6, 2.4]}
+    # when speed-ups are taken, then pairing by round removes the drift: amp is 1.25x with no width
+    result = speedups(wall)
+    assert result["amp"]["estimate"] == 1.25 and result["amp"]["half_width"] == 0.0 and result["amp"]["pairs"] == 3
+    assert result["fp32"]["estimate"] == 1.0
+    # and an arm that is faster in one round only is reported with an interval that says so
+    noisy = speedups({"fp32": [1.0, 1.0, 1.0], "compile": [0.5, 1.0, 1.0]})["compile"]
+    assert noisy["low"] < 1.0 < noisy["high"]
