@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from cdgan.data import StreamedBatches, build_dataset
@@ -21,8 +21,8 @@ from cdgan.params import DataParams, ModelParams, TrainParams
 from cdgan.train import (
     RunMeta,
     TrainState,
+    WarmupEMA,
     checkpoint_dict,
-    ema_with_warmup,
     energy_step,
     fit,
     init_state,
@@ -551,7 +551,7 @@ def test_ema_decay_warms_up_from_the_first_updates() -> None:
     # given a generator's weights at three successive steps, and the EMA of decay 0.999 over them
     torch.manual_seed(0)
     generator, _ = build_models(ModelParams(hidden=4), (2,))
-    ema = AveragedModel(generator, multi_avg_fn=ema_with_warmup(0.999), use_buffers=True)
+    ema = WarmupEMA(generator, 0.999)
     ema.update_parameters(generator)  # the first update copies the weights
     expected = [p.detach().clone() for p in generator.parameters()]
     # when the EMA follows three more changes of the weights
@@ -567,11 +567,50 @@ def test_ema_decay_warms_up_from_the_first_updates() -> None:
         assert torch.allclose(a, e, atol=1e-6)
 
 
+def _device_count_ema(net: nn.Module, decay: float) -> AveragedModel:
+    """The EMA as torch's AveragedModel computes it, its count and weight on the device (a host read per update)."""
+
+    def update(averaged: list[Tensor], current: list[Tensor], n: Tensor) -> None:
+        weight = 1 - torch.clamp((1 + n) / (10 + n), max=decay)
+        for avg, cur in zip(averaged, current, strict=True):
+            avg.lerp_(cur, weight.to(avg.dtype)) if avg.is_floating_point() else avg.copy_(cur)
+
+    return AveragedModel(net, multi_avg_fn=update, use_buffers=True)
+
+
+@pytest.mark.parametrize("decay", [0.999, 0.5])  # the warm-up alone, then past it (the cap reached at n = 8)
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))],
+)
+def test_ema_without_host_syncs_is_bitwise_the_averaged_model_with_the_count_on_the_device(
+    decay: float, device: str
+) -> None:
+    # given a conv generator (float weights, BatchNorm statistics and counts), and both EMAs of it
+    torch.manual_seed(0)
+    generator = build_models(ModelParams(z_dim=4, channels=4), (1, 8, 8))[0].to(device)
+    ours, reference = WarmupEMA(generator, decay), _device_count_ema(generator, decay)
+    # when both follow 12 training-like changes of the weights and statistics
+    for _ in range(12):
+        with torch.no_grad():
+            for p in generator.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        generator(torch.randn(8, 4, device=device))
+        ours.update_parameters(generator)
+        reference.update_parameters(generator)
+    # then every weight, statistic and the count are bitwise equal, and a restored copy continues the count
+    for (name, a), b in zip(ours.state_dict().items(), reference.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    restored = WarmupEMA(generator, decay)
+    restored.load_state_dict(ours.state_dict())
+    assert restored.updates == ours.updates == 12 and restored.weight() == ours.weight()
+
+
 def test_ema_copies_batchnorm_counts_and_averages_its_statistics() -> None:
     # given a conv generator (BatchNorm: float running statistics and an integer batch count)
     torch.manual_seed(0)
     generator, _ = build_models(ModelParams(z_dim=4, channels=4), (1, 8, 8))
-    ema = AveragedModel(generator, multi_avg_fn=ema_with_warmup(0.999), use_buffers=True)
+    ema = WarmupEMA(generator, 0.999)
     ema.update_parameters(generator)
     # when the generator runs a batch in training mode (moving its statistics) and the EMA follows
     generator(torch.randn(8, 4))
