@@ -1,6 +1,6 @@
 """Run the benchmarks and print one JSON object on stdout; progress and notes go to stderr.
 
-    python benchmarks/run.py --full           # the goals, to their interval bounds: ~40 min on 2 CPU cores
+    python benchmarks/run.py --full           # the goals, to their interval bounds: 30-50 min on 2 CPU cores
     python benchmarks/run.py --quick          # all of them in minutes, wider intervals (the output says so)
     python benchmarks/run.py                  # all of them at full sizes
     python benchmarks/run.py --quick --only frechet,features
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="small sizes: a few minutes on 2 CPU cores")
-    mode.add_argument("--full", action="store_true", help=f"{FULL} to their interval bounds, ~40 min")
+    mode.add_argument("--full", action="store_true", help=f"{FULL} to their interval bounds, 30-50 min")
     parser.add_argument("--only", help=f"comma-separated subset of {BENCHMARKS}")
     parser.add_argument(
         "--train-ttq", action="store_true", help="time_to_quality: train the seeds now (~15 min more), not read them"

@@ -66,7 +66,11 @@ def mean_interval(values: list[float], level: float = LEVEL) -> dict[str, object
     if not values:
         raise ValueError("need at least one value")
     n, center = len(values), statistics.fmean(values)
-    half = math.inf if n < 2 else _scipy_stats.t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(values) / math.sqrt(n)
+    half = (
+        math.inf
+        if n < 2
+        else float(_scipy_stats.t.ppf(0.5 + level / 2, n - 1)) * statistics.stdev(values) / math.sqrt(n)
+    )
     return {"estimate": center, "low": center - half, "high": center + half, "half_width": half, "n": n,
             "level": level, "method": "t-interval on the mean"}  # fmt: skip
 

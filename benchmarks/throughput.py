@@ -298,7 +298,7 @@ def measure(quick: bool, breakdown: bool = False) -> dict[str, object]:
     if quick:
         stopping = {"bound": QUICK_BOUND, "min_pairs": 4, "max_pairs": 6, "max_seconds": 120.0}
     else:
-        stopping = {"bound": BOUND, "min_pairs": 8, "max_pairs": 80, "max_seconds": 600.0}
+        stopping = {"bound": BOUND, "min_pairs": 8, "max_pairs": 160, "max_seconds": 1200.0}
     note(f"throughput on digits: {steps} steps an arm, pairs until half-width <= {stopping['bound']} ({stopping})")
     headline = measure_dataset("digits", steps, stopping, breakdown)
     clock = VERDICT_CLOCK
