@@ -74,8 +74,8 @@ def measure_dvc_noop(project: Path) -> dict[str, object]:
         is_noop = _lock_digest(project) == digest
         status = conftest.run(["dvc", "status"], project).stdout.strip()
     noop, single = seconds["dvc_repro_noop"], seconds["dvc_single_items_noop"]
-    # per round, the four one-stage calls less one whole `dvc repro`: the 3 extra DVC start-ups a flow pays
-    extra = mean_interval([one_by_one - whole for one_by_one, whole in zip(single["wall"], noop["wall"], strict=True)])
+    # per round, the four one-stage calls less one whole `dvc repro`: the CPU of the 3 extra DVC start-ups a flow pays
+    extra = mean_interval([one_by_one - whole for one_by_one, whole in zip(single["cpu"], noop["cpu"], strict=True)])
     return {
         "dvc_noop_s": round(median(noop["wall"]), 3),
         "dvc_noop": {
@@ -88,7 +88,7 @@ def measure_dvc_noop(project: Path) -> dict[str, object]:
             "single_items_noop_s": round(median(single["wall"]), 3),  # 4 calls, one per stage
             "single_items_wall_s": rounded(single["wall"]),
         },
-        "dvc_calls_extra_s": rounded_interval(extra),
+        "dvc_calls_extra_cpu_s": rounded_interval(extra),
     }
 
 
@@ -135,7 +135,8 @@ def _task_seconds(flow_run_id: UUID) -> float:
 
 def _flow_arm(root: Path, is_tiny: bool, counter: list[int], inside: list[dict[str, float]]) -> Callable[[], Timing]:
     """A fresh project (not timed), then the cdgan-pipeline flow on it (timed). `inside` gets, per run, the
-    time its tasks ran and the Prefect server's CPU meanwhile."""
+    CPU of this process (Prefect's engine, its log shipping, the flow's own code) apart from that of the stages'
+    subprocesses (dvc, cdgan), the Prefect server's CPU meanwhile and the time its tasks ran."""
     conftest = _conftest()
     from pipelines import flows
 
@@ -143,13 +144,21 @@ def _flow_arm(root: Path, is_tiny: bool, counter: list[int], inside: list[dict[s
         counter[0] += 1
         project = conftest.make_project(root / f"flow-{counter[0]}", _raw_params(is_tiny, "cdgan-bench-flow"))
         with _own_store(project):
-            server_cpu = _children_cpu()
+            server_cpu, before = _children_cpu(), os.times()
             with stopwatch() as t:
                 state = flows.cdgan_pipeline(params_path="params.yaml", project_dir=str(project), return_state=True)
-            server_cpu = _children_cpu() - server_cpu
+            server_cpu, after = _children_cpu() - server_cpu, os.times()
             if not state.is_completed():
                 raise RuntimeError(f"cdgan-pipeline did not complete: {state.message}")
-        inside.append({"task_s": _task_seconds(state.state_details.flow_run_id), "server_cpu_s": server_cpu})
+        inside.append(
+            {
+                "task_s": _task_seconds(state.state_details.flow_run_id),
+                "server_cpu_s": server_cpu,
+                "own_cpu_s": (after.user - before.user) + (after.system - before.system),
+                "stages_cpu_s": (after.children_user - before.children_user)
+                + (after.children_system - before.children_system),
+            }
+        )
         return t[0]
 
     return arm
@@ -179,10 +188,11 @@ CROSS_CHECK_CLOCK = "cpu"  # the paired ratio's clock, chosen before measuring: 
 def measure(quick: bool) -> dict[str, object]:
     """The flow's overhead over `dvc repro` of the same four stages, with tiny params, two ways:
 
-    - within each flow run (the figure with the bound and the verdict): the time outside its tasks, the three
-      extra DVC start-ups inside them and the Prefect server's CPU meanwhile, over the tasks' time less those
-      start-ups. Numerator and denominator come from the same run, so the host's drift between runs cancels:
-      run 5 of RESULTS.md had a per-run spread of 0.007 where the paired ratios below had 0.085.
+    - within each flow run, on CPU (the figure with the bound and the verdict): this process's own CPU, the
+      Prefect server's and the three extra DVC start-ups, over the CPU of the stages' subprocesses less those
+      start-ups (`within_run_overhead`). Numerator and denominator come from the same run, so the host's drift
+      between runs cancels; the wall-time form of it (time outside the tasks) was as steady but blind to what
+      Prefect costs inside a task, such as shipping each output line to the server's log.
     - flow against `dvc repro` on fresh identical projects, in interleaved pairs (flow dvc, dvc flow, ...): the
       end-to-end cross-check, whose interval needs about 35 pairs of ~100 s for +-0.03 on this host.
 
@@ -221,18 +231,18 @@ def measure(quick: bool) -> dict[str, object]:
             else:
                 note(f"flow vs dvc repro on fresh projects, pairs until the within-run half-width <= {BOUND}")
                 stopped = run_pairs(
-                    run_pair, lambda: within_run_overhead(seconds["flow"]["wall"], inside, noop)["half_width"],
+                    run_pair, lambda: within_run_overhead(inside, noop)["half_width"],
                     **FULL_STOPPING,
                 )  # fmt: skip
     flow, dvc = seconds["flow"], seconds["dvc_repro"]
     paired = _paired_overhead(seconds, inside)
-    within = within_run_overhead(flow["wall"], inside, noop)
+    within = within_run_overhead(inside, noop)
     stopped |= {"figure": "prefect_overhead_frac_within_run", "bound": BOUND, "half_width": within["half_width"]}
     stopping_out = rounded_interval(stopped)
     if quick:
         stopping_out["note"] = f"--quick: {QUICK_PAIRS} pairs, no bound sought (--full: {BOUND})"
     return noop | {
-        "prefect_overhead_frac_within_run": rounded_interval(within) | {"clock": "wall + server cpu",
+        "prefect_overhead_frac_within_run": rounded_interval(within) | {"clock": "cpu",
                                                                        "goal": f"<= {GOAL}"},
         "prefect_overhead_verdict_within_run": verdict(within["low"], within["high"], GOAL, "at_most"),
         "prefect_overhead_stopping": stopping_out,
@@ -251,6 +261,8 @@ def measure(quick: bool) -> dict[str, object]:
             "flow_cpu_s": rounded(flow["cpu"]),  # this process and its finished children (dvc, cdgan)
             "server_cpu_s": rounded([run["server_cpu_s"] for run in inside]),  # the server during each flow
             "flow_task_s": rounded([run["task_s"] for run in inside]),  # the four tasks, by the Prefect API
+            "flow_own_cpu_s": rounded([run["own_cpu_s"] for run in inside]),  # this process alone
+            "flow_stages_cpu_s": rounded([run["stages_cpu_s"] for run in inside]),  # its dvc and cdgan children
             "dvc_repro_cpu_s": rounded(dvc["cpu"]),
             "flow_overhead_s": round(median(flow["wall"]) - median(dvc["wall"]), 3),
             "warm_up_cpu_s": warm_up,  # the first pair on the new server (--full), left out of the intervals
@@ -264,22 +276,19 @@ def _noop_after_last_dvc_arm(root: Path) -> dict[str, Any]:
     return measure_dvc_noop(last_dvc)
 
 
-def within_run_overhead(
-    flow_wall: list[float], inside: list[dict[str, float]], noop: dict[str, Any]
-) -> dict[str, object]:
-    """Per flow run, (wall - tasks + extra + server CPU) / (tasks - extra): the time outside its tasks, the 3
-    extra DVC start-ups a stage-by-stage flow pays inside them (`extra`, timed apart) and the server's CPU (as if
-    it held the flow up: an upper bound on a busy machine), over what the tasks would take as one `dvc repro`.
+def within_run_overhead(inside: list[dict[str, float]], noop: dict[str, Any]) -> dict[str, object]:
+    """Per flow run, in CPU seconds, (own + server + extra) / (stages - extra): this process's own CPU (all of
+    it orchestration: Prefect's engine and log shipping, the flow's params check and summary), the Prefect
+    server's and the 3 extra DVC start-ups a stage-by-stage flow pays (`extra`, timed apart), over the CPU of the
+    stages' subprocesses less those start-ups, which is what one `dvc repro` of the four stages costs.
 
-    The interval is the t-interval over the runs, widened by the start-ups' own interval: its low end uses
-    their low end, its high end their high end (the fraction grows with `extra`)."""
-    extra = noop["dvc_calls_extra_s"]
+    This is the paired CPU ratio's quantity with the flow's own stage work as the baseline instead of another
+    run's `dvc repro`, so the host's drift between runs drops out. The interval is the t-interval over the runs,
+    widened by the start-ups' own interval: its low end uses their low end, its high end their high end."""
+    extra = noop["dvc_calls_extra_cpu_s"]
 
     def fractions(extra_s: float) -> list[float]:
-        return [
-            (wall - run["task_s"] + extra_s + run["server_cpu_s"]) / (run["task_s"] - extra_s)
-            for wall, run in zip(flow_wall, inside, strict=True)
-        ]
+        return [(run["own_cpu_s"] + run["server_cpu_s"] + extra_s) / (run["stages_cpu_s"] - extra_s) for run in inside]
 
     low, high = mean_interval(fractions(extra["low"]))["low"], mean_interval(fractions(extra["high"]))["high"]
     central = fractions(extra["estimate"])

@@ -204,19 +204,23 @@ def test_run_pairs_runs_two_pairs_whatever_the_time_cap():
 
 
 def _noop(estimate: float, low: float, high: float) -> dict:
-    return {"dvc_calls_extra_s": {"estimate": estimate, "low": low, "high": high}}
+    return {"dvc_calls_extra_cpu_s": {"estimate": estimate, "low": low, "high": high}}
 
 
-def test_within_run_overhead_is_the_t_interval_of_each_runs_time_outside_its_tasks():
-    # given 3 flow runs of 11, 12 and 13 s whose tasks ran 10.5, 11 and 12 s, of which 0.5 s are the extra DVC
-    # start-ups a one-stage-at-a-time flow pays (known exactly here), with 0.1-0.3 s of server CPU meanwhile
-    flow_wall = [11.0, 12.0, 13.0]
-    inside = [{"task_s": 10.5, "server_cpu_s": 0.1}, {"task_s": 11.0, "server_cpu_s": 0.2},
-              {"task_s": 12.0, "server_cpu_s": 0.3}]  # fmt: skip
+def _runs(own: list[float], server: list[float], stages: list[float]) -> list[dict[str, float]]:
+    return [
+        {"own_cpu_s": o, "server_cpu_s": s, "stages_cpu_s": st} for o, s, st in zip(own, server, stages, strict=True)
+    ]
+
+
+def test_within_run_overhead_is_the_t_interval_of_each_runs_own_cpu_over_its_stages():
+    # given 3 flow runs whose own process spent 0.5-1.0 CPU s and the server 0.1-0.3 s, beside 10.5-12 s in the
+    # stages' subprocesses, of which 0.5 s are the extra DVC start-ups a one-stage-at-a-time flow pays (known here)
+    inside = _runs([0.5, 0.8, 1.0], [0.1, 0.2, 0.3], [10.5, 11.0, 12.0])
     # when
-    interval = within_run_overhead(flow_wall, inside, _noop(0.5, 0.5, 0.5))
-    # then each run's overhead is (wall - tasks + extra + server) / (tasks - extra), and the interval their t-interval
-    per_run = [1.1 / 10.0, 1.7 / 10.5, 1.8 / 11.5]
+    interval = within_run_overhead(inside, _noop(0.5, 0.5, 0.5))
+    # then each run's overhead is (own + server + extra) / (stages - extra), and the interval their t-interval
+    per_run = [1.1 / 10.0, 1.5 / 10.5, 1.8 / 11.5]
     assert interval["per_run"] == pytest.approx(per_run)
     assert interval["estimate"] == pytest.approx(np.mean(per_run))
     half = stats.t.ppf(0.975, 2) * np.std(per_run, ddof=1) / math.sqrt(3)
@@ -224,25 +228,25 @@ def test_within_run_overhead_is_the_t_interval_of_each_runs_time_outside_its_tas
 
 
 def test_within_run_overhead_widens_by_the_uncertainty_of_the_dvc_start_ups():
-    flow_wall, inside = [11.0, 11.1, 10.9], [{"task_s": 10.5, "server_cpu_s": 0.0}] * 3
-    exact = within_run_overhead(flow_wall, inside, _noop(0.5, 0.5, 0.5))
+    inside = _runs([0.6, 0.7, 0.5], [0.0] * 3, [10.5] * 3)
+    exact = within_run_overhead(inside, _noop(0.5, 0.5, 0.5))
     # when the extra start-ups are only known to lie in [0.3, 0.7] s
-    uncertain = within_run_overhead(flow_wall, inside, _noop(0.5, 0.3, 0.7))
+    uncertain = within_run_overhead(inside, _noop(0.5, 0.3, 0.7))
     # then the estimate stays, and the interval reaches from the low end at 0.3 s to the high end at 0.7 s
     assert uncertain["estimate"] == pytest.approx(exact["estimate"])
-    assert uncertain["low"] == pytest.approx(within_run_overhead(flow_wall, inside, _noop(0.3, 0.3, 0.3))["low"])
-    assert uncertain["high"] == pytest.approx(within_run_overhead(flow_wall, inside, _noop(0.7, 0.7, 0.7))["high"])
+    assert uncertain["low"] == pytest.approx(within_run_overhead(inside, _noop(0.3, 0.3, 0.3))["low"])
+    assert uncertain["high"] == pytest.approx(within_run_overhead(inside, _noop(0.7, 0.7, 0.7))["high"])
     assert uncertain["half_width"] > exact["half_width"] + 0.015, "0.2 s either way on ~10 s moves each end ~0.02"
 
 
 def test_the_prefect_bound_is_on_the_within_run_overhead_when_its_stopping_rule_names_it():
     from benchmarks.goals import goals
 
-    inside = [{"task_s": task, "server_cpu_s": 0.0} for task in (10.5, 10.6, 10.4, 10.5)]
-    within = within_run_overhead([10.6, 10.75, 10.5, 10.6], inside, _noop(0.5, 0.45, 0.55))  # about 0.06 a run
+    inside = _runs([0.1, 0.15, 0.1, 0.1], [0.0] * 4, [10.5, 10.6, 10.4, 10.5])
+    within = within_run_overhead(inside, _noop(0.5, 0.45, 0.55))  # about 0.06 a run
     paired = {"estimate": 0.05, "low": -0.05, "high": 0.15, "half_width": 0.1, "pairs": 4}
     result = {
-        "prefect_overhead_frac_within_run": within | {"clock": "wall + server cpu", "goal": "<= 0.1"},
+        "prefect_overhead_frac_within_run": within | {"clock": "cpu", "goal": "<= 0.1"},
         "prefect_overhead_verdict_within_run": verdict(within["low"], within["high"], 0.10, "at_most"),
         "prefect_overhead_stopping": {"figure": "prefect_overhead_frac_within_run", "bound": 0.03,
                                       "half_width": within["half_width"], "stopped": "bound met"},
