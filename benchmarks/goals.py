@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 PAIRED = {"train_throughput": "train_throughput_ratio", "prefect_overhead": "prefect_overhead_frac"}
+WITHIN_RUN = {  # what the within-run Prefect overhead measured, by its clock (wall before 2026-12-04)
+    "wall": "time outside its tasks",
+    "wall + server cpu": "time outside its tasks and the server's CPU",
+    "cpu": "own, server and extra DVC CPU over its stages' CPU",
+}
 
 
 def _row(goal: str, interval: dict[str, Any], verdict: str, stopping: dict[str, Any] | None = None) -> dict:
@@ -57,7 +62,7 @@ def goals(result: dict[str, Any]) -> dict[str, dict]:
     within = result.get("prefect_overhead_frac_within_run")
     if isinstance(within, dict):  # a number in results before 2026-12-03
         rows["prefect_overhead_frac_within_run"] = _row(
-            within["goal"] + " (within each flow run: time outside its tasks)",
+            within["goal"] + f" (within each flow run: {WITHIN_RUN[within['clock']]})",
             within,
             result["prefect_overhead_verdict_within_run"],
             _stopping_of(result, "prefect_overhead", "prefect_overhead_frac_within_run"),
