@@ -9,6 +9,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -141,6 +142,7 @@ def test_mlflow_run_has_params_metrics_picture_and_lineage(dvc_repo: Path, dvc_p
     assert got.data.metrics["fid"] == pytest.approx(evaluated), "the run's fid is evaluate's, not training's last"
     commit = run(["git", "rev-parse", "HEAD"], dvc_repo).stdout.strip()
     assert got.data.tags["git_commit"] == commit
+    assert got.data.tags["host.cpu_capability"] == torch.backends.cpu.get_cpu_capability(), "the kernels it ran on"
     artifacts = {a.path for a in client.list_artifacts(run_id, "samples")}
     assert "samples/samples.png" in artifacts
 

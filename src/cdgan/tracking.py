@@ -21,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cdgan import store
+from cdgan.devices import compute_tags
 from cdgan.files import sha256_file
 from cdgan.params import Params, Paths
 from cdgan.store import retried
@@ -191,7 +192,7 @@ def tracked_run(params: Params, paths: Paths, run_id: str | None = None) -> Iter
             if paths.dataset.exists():  # the run's training data, in the UI's dataset column
                 dataset = training_dataset(paths.dataset, params.data.dataset)
                 retried(lambda: mlflow.log_input(dataset, context="training"))
-        retried(lambda: mlflow.set_tags(lineage_tags(paths.root)))
+        retried(lambda: mlflow.set_tags(lineage_tags(paths.root) | compute_tags()))
         yield run_id
 
 
