@@ -29,7 +29,7 @@ def compute_tags() -> dict[str, str]:
     tags = {
         "host.torch": torch.__version__,
         "host.cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "host.cpu_model": _cpu_model(),
+        "host.cpu_model": cpu_model(),
         "host.torch_threads": str(torch.get_num_threads()),
     }
     if torch.cuda.is_available():
@@ -37,11 +37,12 @@ def compute_tags() -> dict[str, str]:
     return tags
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what `platform` knows ("unknown" when nothing)."""
     try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     except OSError:  # not Linux
-        return platform.processor() or "unknown"
-    return next(
-        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "unknown"
-    )
+        pass
+    return platform.processor() or "unknown"
