@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from cdgan.cli import main
 from cdgan.files import load_torch
-from cdgan.params import Paths
-from tests.conftest import BIN, default_sigint, run, tiny_raw
+from cdgan.params import Paths, TrainParams, load_params, load_preset, parse_params
+from tests.conftest import BIN, REPO, default_sigint, run, tiny_raw
 
 
 @pytest.mark.parametrize("command", ["prepare", "train", "evaluate", "register", "sample"])
@@ -109,6 +109,65 @@ def test_missing_params_file_is_named(
     with pytest.raises(SystemExit) as exit_info:
         main(["prepare", "--params", "nope.yaml"])
     assert exit_info.value.code == 1 and "nope.yaml: params file not found" in capsys.readouterr().err
+
+
+def test_params_apply_writes_the_preset_keeps_other_keys_and_lists_the_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given a project whose params.yaml (the repo's, comments and all) has one edit of the user's
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text((REPO / "params.yaml").read_text().replace("  batch_size: 64 ", "  batch_size: 32 "))
+    # when
+    main(["params", "apply", str(REPO / "presets" / "grid25.yaml")])
+    # then the preset's keys are set, the edit and the comments stay, and each changed key is listed
+    params = load_params("params.yaml")
+    assert params.data.dataset == "grid25" and params.train.cd_k == 20 and params.train.batch_size == 32
+    assert "# R1 gradient penalty" in Path("params.yaml").read_text()
+    err = capsys.readouterr().err
+    assert err.startswith("params.yaml: 14 keys changed by ") and '  data.dataset: "digits" -> "grid25"\n' in err, err
+    assert "  train.cd_k: 1 -> 20\n" in err and "batch_size" not in err, err
+
+
+def test_params_apply_bad_preset_is_one_line_naming_the_key_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given a params.yaml and a preset with a misspelt key
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text((REPO / "params.yaml").read_text())
+    Path("bad.yaml").write_text("train:\n  cd_kk: 5\n")
+    before = Path("params.yaml").read_bytes()
+    # when
+    with pytest.raises(SystemExit) as exit_info:
+        main(["params", "apply", "bad.yaml"])
+    # then: exit 1, one line naming the key, params.yaml byte-identical and nothing else written
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert err.startswith("cdgan: error: bad.yaml on params.yaml: train.cd_kk: Extra inputs") and err.count("\n") == 1
+    assert Path("params.yaml").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "params.yaml"]
+
+
+def test_params_show_prints_the_validated_params_with_the_preset_on_top(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given a project with the repo's params.yaml
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text((REPO / "params.yaml").read_text())
+    before = Path("params.yaml").read_bytes()
+    # when
+    main(["params", "show", str(REPO / "presets" / "ring8.yaml")])
+    # then stdout is YAML of every key, the preset's values on params.yaml's, and params.yaml is not written
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert parse_params(shown) == load_preset(REPO / "presets" / "ring8.yaml", "params.yaml")
+    assert set(shown["train"]) == set(TrainParams.model_fields), "every key, defaults filled in"
+    assert shown["data"]["dataset"] == "ring8" and shown["sample"]["temperature"] == 0.0015
+    assert Path("params.yaml").read_bytes() == before
+
+
+def test_bad_flag_is_a_usage_error_with_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["params", "apply", "--bogus"])
+    assert exit_info.value.code == 2 and "No such option: --bogus" in capsys.readouterr().err
 
 
 def test_unreachable_tracking_server_fails_before_training(

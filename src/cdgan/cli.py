@@ -1,7 +1,8 @@
-"""The `cdgan` console script: one subcommand per stage, plus `sample`; the one place errors are caught."""
+"""The `cdgan` console script: one subcommand per stage, plus `sample`, `params`; the one place errors are caught."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -11,10 +12,11 @@ from typing import Annotated
 
 import click
 import typer
+import yaml
 from rich.console import Console
 
 from cdgan.errors import CdganError, Terminated
-from cdgan.params import Paths, load_params
+from cdgan.params import Paths, apply_preset, load_params, load_preset
 
 INTERRUPTED = 130  # exit code of a command stopped by Ctrl-C (128 + SIGINT)
 TERMINATED = 143  # exit code of a command stopped by SIGTERM (128 + SIGTERM), as a shell reports it
@@ -25,7 +27,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+params_app = typer.Typer(
+    help="Show the params, or apply a preset (presets/*.yaml: only the keys it changes) to params.yaml.",
+    no_args_is_help=True,
+)
+app.add_typer(params_app, name="params")
 ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read")]
+PresetArgument = Annotated[Path, typer.Argument(help="a preset: only the keys it changes, e.g. presets/grid25.yaml")]
 PARAMS_FILE = Path("params.yaml")
 console = Console(stderr=True)
 
@@ -123,6 +131,32 @@ def probe(
     console.print(f"wrote {result.csv} and {result.png}")
 
 
+@params_app.command("apply")
+def params_apply(
+    preset: PresetArgument,
+    params: Annotated[Path, typer.Option("--params", help="params.yaml to update")] = PARAMS_FILE,
+) -> None:
+    """Write a preset's keys into params.yaml, validated first; its other keys and its comments stay."""
+    applied = apply_preset(params, preset)
+    if not applied.changes:
+        console.print(f"{params} already holds every value of {preset}; left unchanged", markup=False, soft_wrap=True)
+        return
+    console.print(f"{params}: {len(applied.changes)} keys changed by {preset}", markup=False, soft_wrap=True)
+    for change in applied.changes:
+        old = json.dumps(change.old) if change.was_set else "(not set)"
+        console.print(f"  {change.key}: {old} -> {json.dumps(change.new)}", markup=False, soft_wrap=True)
+
+
+@params_app.command("show")
+def params_show(
+    preset: Annotated[Path | None, typer.Argument(help="show params.yaml with this preset on top")] = None,
+    params: ParamsOption = PARAMS_FILE,
+) -> None:
+    """Print the validated params, every key (defaults filled in): params.yaml, or what applying PRESET gives."""
+    loaded = load_params(params) if preset is None else load_preset(preset, params)
+    print(yaml.safe_dump(loaded.model_dump(mode="json"), sort_keys=False), end="")
+
+
 def _terminate(_signum: int, _frame: object) -> None:
     raise Terminated
 
@@ -139,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     except CdganError as err:
         print(f"cdgan: error: {err}", file=sys.stderr)  # one line, no traceback
         raise SystemExit(1) from None
-    except click.ClickException as err:  # bad flags: click's own message and exit code 2
+    except (click.ClickException, typer.exceptions.TyperException) as err:  # bad flags: message, exit code 2
+        # typer 0.2x raises its own copy of click's exceptions (typer._click), whose base is TyperException
         err.show()
         raise SystemExit(err.exit_code) from None
     finally:
