@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run test test-fast test-slow lint format bench serve clean
+.PHONY: setup run test test-fast test-slow lint format bench serve docs docs-serve clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,12 @@ bench: setup  ## benchmarks printing JSON (see benchmarks/)
 
 serve: setup  ## Prefect server + deployments + worker + MLflow UI on 127.0.0.1; Ctrl-C stops them all
 	bash pipelines/serve.sh
+
+docs: setup  ## the documentation site into site/; --strict: a broken link, a missing page or a bad reference fails
+	NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet  # the variable silences Material's banner about its successor
+
+docs-serve: setup  ## preview the documentation site on 127.0.0.1:8000, rebuilt on every edit
+	NO_MKDOCS_2_WARNING=1 mkdocs serve --dev-addr 127.0.0.1:8000
 
 clean:  ## pipeline outputs and the local MLflow store (not .venv)
 	rm -rf data/prepared models metrics plots mlruns dvc.lock
