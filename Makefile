@@ -25,7 +25,7 @@ SLOW_LOG := .pytest-slow.log
 # servers and subprocesses. Each worker that takes a test of tests/test_dvc_exp.py runs its module fixture (about
 # 2 min); --dist loadgroup would keep them on one worker, but with pytest 9.2 it silently acts as --dist load
 # (pytest-xdist issue #1386: its group suffix on node ids no longer takes effect).
-test: setup  ## what CI runs: ruff, then every test: the slow tier in the background beside the others
+test: setup docs  ## what CI runs: the docs build (--strict), ruff, every test: the slow tier in the background
 	ruff check .
 	@pytest -m slow -n 2 --dist load --durations=10 > $(SLOW_LOG) 2>&1 & slow=$$!; \
 	trap 'kill $$slow 2>/dev/null' INT TERM; \
