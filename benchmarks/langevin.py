@@ -15,21 +15,21 @@ from typing import Any
 from unittest import mock
 
 import torch
-import yaml
 from benchmarks.arms import no_log, torch_globals
 from benchmarks.stats import mean_interval, rounded_interval
 from benchmarks.timing import REPO, note
 
 from cdgan import train as train_module
 from cdgan.data import build_dataset
-from cdgan.params import Params, parse_params
+from cdgan.params import Params, parse_params, read_preset
 from cdgan.train import fit, init_state
 
+# each read on top of params.yaml: a preset holds only the keys it changes
 PRESETS = {"digits": REPO / "params.yaml", "grid25": REPO / "presets" / "grid25.yaml"}
 
 
 def _params(dataset: str, steps: int) -> Params:
-    raw = yaml.safe_load(PRESETS[dataset].read_text())
+    raw = read_preset(PRESETS[dataset], REPO / "params.yaml")
     raw["train"] = {**raw["train"], "device": "cpu", "steps": steps, "eval_every": 0}
     return parse_params(raw, f"{PRESETS[dataset].name} (Langevin share)")
 

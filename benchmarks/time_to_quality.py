@@ -37,7 +37,6 @@ from typing import Any
 from unittest import mock
 
 import torch
-import yaml
 from benchmarks.arms import torch_globals
 from benchmarks.stats import mean_interval, rounded_interval
 from benchmarks.throughput import prepare_project, quiet_bar
@@ -46,9 +45,10 @@ from benchmarks.timing import REPO, environ, note
 from cdgan import stages
 from cdgan.data import load_dataset
 from cdgan.evaluation import build_scorer, build_suite, reference_points
-from cdgan.params import Params, Paths, parse_params
+from cdgan.params import Params, Paths, parse_params, read_preset
 from cdgan.sampler import draw_samples
 
+# each read on top of params.yaml: a preset holds only the keys it changes
 PRESETS = {"digits": REPO / "params.yaml", "grid25": REPO / "presets" / "grid25.yaml"}
 SCORE_EVERY = {"digits": 250, "grid25": 100}  # steps between scores: ~8 s of digits, ~3 s of grid25 here
 RESULTS = Path(__file__).with_name("time_to_quality.json")
@@ -59,7 +59,7 @@ SWEEP_ROWS = {
 
 
 def _params(dataset: str, seed: int) -> Params:
-    raw = yaml.safe_load(PRESETS[dataset].read_text())
+    raw = read_preset(PRESETS[dataset], REPO / "params.yaml")
     raw["train"] = {**raw["train"], "device": "cpu", "seed": seed, "eval_every": SCORE_EVERY[dataset]}
     return parse_params(raw, f"{PRESETS[dataset].name} (time to quality, seed {seed})")
 

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from cdgan import tracking
 from cdgan.errors import CdganError
 from cdgan.files import read_json, write_atomic
-from cdgan.params import Params, Paths, parse_params, read_params_yaml
+from cdgan.params import Params, Paths, apply_preset, overlay_params, parse_params, read_params_yaml
 from cdgan.report import summarize, to_markdown, write_csv
 
 STAGES = ("prepare", "train", "evaluate", "register")  # dvc.yaml order; tests/pipelines/test_flows.py compares them
@@ -90,16 +91,14 @@ def cdgan_pipeline(
 ) -> dict[str, float]:
     """Validate params, run the DVC stages in dvc.yaml order, publish the MLflow run; returns the eval metrics.
 
-    `params_path` (relative to `project_dir`: params.yaml or a preset) with the dotted `overrides`
-    ({"train.cd_k": 5}) is validated first; a CdganError fails the flow before any task runs. When it
-    differs from the project's params.yaml it is written there, as `dvc exp run -S` does, so DVC reruns
-    exactly the stages whose params changed.
+    `params_path` (relative to `project_dir`: params.yaml, a preset or another params file) goes on top of the
+    project's params.yaml, then the dotted `overrides` ({"train.cd_k": 5}); the result is validated first, and a
+    CdganError fails the flow before any task runs. The keys that change are written into params.yaml, as
+    `dvc exp run -S` does (its other keys and comments stay), so DVC reruns exactly the stages whose params
+    changed.
     """
     project = Path(project_dir).resolve()
-    raw = _with_overrides(read_params_yaml(project / params_path), overrides or {})
-    parse_params(raw, str(params_path))
-    if (project / params_path).resolve() != (project / "params.yaml").resolve() or overrides:
-        write_atomic(project / "params.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(raw, sort_keys=False)))
+    write_project_params(project, params_path, overrides or {})
     for stage in STAGES:
         run_dvc_stage.with_options(name=stage, task_run_name=stage, retries=RETRIES.get(stage, 0))(stage, project)
 
@@ -117,11 +116,40 @@ def cdgan_pipeline(
 
 def _with_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """params.yaml content with dotted overrides applied: {"train.loss": "bce"} sets raw["train"]["loss"]."""
-    out = {section: dict(values or {}) for section, values in raw.items()}
+    # an empty section (`sample:` alone) reads as null; one that is not a mapping is left for parse_params to name
+    out = {
+        section: {} if values is None else dict(values) if isinstance(values, dict) else values
+        for section, values in raw.items()
+    }
     for key, value in overrides.items():
         section, _, name = key.partition(".")
         out.setdefault(section, {})[name] = value
     return out
+
+
+def resolve_params(project: Path, params_path: str | Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The raw params a flow runs: `params_path` (relative to `project`) on top of the project's params.yaml, then
+    the dotted `overrides`; not yet validated.
+
+    A preset is an overlay (presets/*.yaml hold only the keys they change), so a key it lacks keeps params.yaml's
+    value, never the schema's default; a full params file replaces every key it has; params.yaml on itself is
+    itself.
+    """
+    base = read_params_yaml(project / "params.yaml")
+    return _with_overrides(overlay_params(base, read_params_yaml(project / params_path)), overrides)
+
+
+def write_project_params(project: Path, params_path: str | Path, overrides: dict[str, Any]) -> Params:
+    """Validate `resolve_params`, then write the keys it changes into the project's params.yaml through
+    `apply_preset`: its other keys, order and comments stay, and it is not rewritten when nothing changes."""
+    raw = resolve_params(project, params_path, overrides)
+    params = parse_params(raw, str(params_path))
+    overlay = _with_overrides(read_params_yaml(project / params_path), overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        preset = Path(tmp) / "overlay.yaml"
+        preset.write_text(yaml.safe_dump(overlay, sort_keys=False))
+        apply_preset(project / "params.yaml", preset)
+    return params
 
 
 def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -238,15 +266,16 @@ def cdgan_sweep(
     cluster: str | None = None,
 ) -> list[dict[str, Any]]:
     """Every combination of `grid` (dotted params.yaml keys -> values) on top of `params_path` (relative to
-    the project: params.yaml or a preset) and `base`, each trial a nested MLflow run under one sweep run;
-    writes reports/<name>.md and .csv.
+    the project: params.yaml, a preset or another params file, put on the project's params.yaml as in
+    `resolve_params`) and `base`, each trial a nested MLflow run under one sweep run; writes reports/<name>.md
+    and .csv.
 
     Trials run MAX_PARALLEL at a time in this process, or with `cluster` (a Dask scheduler address,
     tcp://host:8786) one per Dask worker thread. Workers must run in the project's environment and see
     `project_dir` at the same path (a shared filesystem); use an MLflow server for MLFLOW_TRACKING_URI.
     """
     project = Path(project_dir).resolve()
-    raw = _with_overrides(read_params_yaml(project / params_path), base or {})
+    raw = resolve_params(project, params_path, base or {})
     trials = expand_grid(grid)
     params: list[Params] = [parse_params(_with_overrides(raw, t), f"sweep trial {trial_name(t)}") for t in trials]
     if len({p.data.dataset for p in params}) != 1:
@@ -345,7 +374,9 @@ def patient_ephemeral_server() -> AbstractContextManager[object]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Run cdgan-pipeline, or cdgan-sweep with --grid.")
-    parser.add_argument("--params", default="params.yaml", help="params file (or preset), relative to --project")
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file or preset, relative to --project, put on its params.yaml"
+    )
     parser.add_argument("--project", default=".", help="project directory holding dvc.yaml")
     parser.add_argument("--grid", action="append", default=[], help="sweep: KEY=V1,V2 (repeatable)")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE override (every trial of a sweep)")

@@ -1,6 +1,6 @@
 """The Optuna side of `cdgan-tune`: the YAML search space, the study in its storage (created, continued, its
-interrupted trials queued again), the objective, and what a finished study leaves: the best params as a preset,
-plots and a summary. No Prefect here: pipelines/tune.py runs the trials as a flow."""
+interrupted trials queued again), the objective, and what a finished study leaves: the best params as a preset
+(an overlay of params.yaml), plots and a summary. No Prefect here: pipelines/tune.py runs the trials as a flow."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from cdgan.errors import CdganError
 from cdgan.evaluation import primary_metric
 from cdgan.files import write_atomic
-from cdgan.params import DataParams, parse_params
+from cdgan.params import DataParams, parse_params, read_params_yaml
 
 try:  # pytest and Prefect's entrypoint loader have the project root on sys.path
     from pipelines import flows
@@ -210,18 +210,36 @@ def best_trial(study: optuna.Study, failure: BaseException | None) -> FrozenTria
 def write_preset(
     project: Path, name: str, raw: dict[str, Any], study: optuna.Study, best: FrozenTrial, metric: str
 ) -> Path:
-    """presets/tuned-<name>.yaml: the full params with the best trial's values, and where they came from."""
+    """presets/tuned-<name>.yaml: an overlay of the project's params.yaml holding the keys where `raw` (the best
+    trial's params) differs from it, and a header saying where they came from and how to apply them."""
     path = project / "presets" / f"tuned-{name}.yaml"
     parse_params(raw, str(path))  # the space's ends were checked; this is the combination that won
+    overlay = differing_keys(raw, read_params_yaml(project / "params.yaml"))
     header = (
         f"# Tuned by cdgan-tune, study {name!r}: trial {best.number} of {len(study.trials)}, {metric} objective "
         f"{best.value:.6g}.\n# Values from the search: "
         + ", ".join(f"{key}={value}" for key, value in best.params.items())
-        + f"\n# Use: cp presets/tuned-{name}.yaml params.yaml && dvc repro\n"
+        + "\n# The keys where these params differ from params.yaml as it was then (a search value equal to its"
+        + f"\n# params.yaml value is left out). Use: cdgan params apply presets/tuned-{name}.yaml && dvc repro\n"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda tmp: tmp.write_text(header + yaml.safe_dump(raw, sort_keys=False)))
+    write_atomic(path, lambda tmp: tmp.write_text(header + yaml.safe_dump(overlay, sort_keys=False)))
     return path
+
+
+def differing_keys(raw: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """The keys of `raw` whose value differs from `base`'s or that `base` lacks, nested as in `raw`:
+    `overlay_params(base, differing_keys(raw, base))` validates to the same params as `raw`."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        below = base.get(key)
+        if isinstance(value, dict):
+            inner = differing_keys(value, below if isinstance(below, dict) else {})
+            if inner:
+                out[key] = inner
+        elif key not in base or below != value:
+            out[key] = value
+    return out
 
 
 def write_plots(study: optuna.Study, folder: Path) -> list[Path]:

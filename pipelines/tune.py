@@ -34,7 +34,7 @@ from cdgan import tracking
 from cdgan.errors import CdganError
 from cdgan.evaluation import primary_metric
 from cdgan.files import read_json
-from cdgan.params import Params, Paths, parse_params, read_params_yaml
+from cdgan.params import Params, Paths, parse_params
 
 try:  # pytest and Prefect's entrypoint loader have the project root on sys.path
     from pipelines import flows, studies
@@ -191,14 +191,16 @@ def cdgan_tune(
     cluster: str | None = None,
 ) -> dict[str, Any]:
     """Grow the Optuna study `name` to `trials` finished (complete or pruned) trials over the search space in
-    `space` (a YAML file relative to the project), on top of `params_path` and the dotted `base` overrides.
+    `space` (a YAML file relative to the project), on top of `params_path` (put on the project's params.yaml, as
+    in `flows.resolve_params`) and the dotted `base` overrides.
 
     The study lives in `storage` (an Optuna RDB URL; default sqlite under sweeps/optuna.db), so running the
     flow again with the same name continues it: trials a killed run left RUNNING are marked failed and queued
     again with their params. PARALLEL trials run at a time, each `dvc repro evaluate` in sweeps/<name>/ and
     a child MLflow run of this flow's parent run; a median pruner stops trials whose `train/fid` (`train/modes`
-    for 2-D data) history falls behind. Writes presets/tuned-<name>.yaml (params.yaml with the best values),
-    reports/tune-<name>.md and reports/tune-<name>/*.png, all logged to the parent run.
+    for 2-D data) history falls behind. Writes presets/tuned-<name>.yaml (an overlay: the keys where the best
+    trial's params differ from params.yaml), reports/tune-<name>.md and reports/tune-<name>/*.png, all logged
+    to the parent run.
 
     With `cluster` (a Dask scheduler address, tcp://host:8786) trials run one per Dask worker thread, as
     cdgan-sweep's do: the project, the storage and MLFLOW_TRACKING_URI must be reachable from every worker.
@@ -207,7 +209,7 @@ def cdgan_tune(
     project = Path(project_dir).resolve()
     if not (project / "dvc.yaml").is_file():
         raise CdganError(f"{project / 'dvc.yaml'} not found: cdgan-tune runs the pipeline of a project directory")
-    raw = flows._with_overrides(read_params_yaml(project / params_path), base or {})
+    raw = flows.resolve_params(project, params_path, base or {})
     params = parse_params(raw, str(params_path))
     distributions = studies.read_space(project / space, raw)
     if trials < 1:
@@ -302,7 +304,9 @@ if __name__ == "__main__":
     parser.add_argument("--space", default="presets/tune-digits.yaml", help="search space file, relative to --project")
     parser.add_argument("--trials", type=int, default=20, help="finished trials the study should have")
     parser.add_argument("--name", default="digits", help="study name: rerun with it to continue the study")
-    parser.add_argument("--params", default="params.yaml", help="base params file (or preset), relative to --project")
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file or preset, relative to --project, put on its params.yaml"
+    )
     parser.add_argument("--project", default=".", help="project directory holding dvc.yaml")
     parser.add_argument("--storage", help="Optuna RDB URL (default: sqlite:///PROJECT/sweeps/optuna.db)")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE override of the base params")

@@ -1,8 +1,9 @@
 """Slow: the shipped defaults reach their quality targets on one seed per data set (`make test-slow`; CI runs them).
 
-Each test trains the default of one data set as a user gets it (params.yaml for digits, presets/ for the
-others), evaluates the model output against held-out data and checks it against the reference points that
-`evaluate` writes beside it. README "Models: quality targets" has the figures over more seeds.
+Each test trains the default of one data set as a user gets it (params.yaml for digits, params.yaml with a
+preset of presets/ on top for the others), evaluates the model output against held-out data and checks it
+against the reference points that `evaluate` writes beside it. README "Models: quality targets" has the
+figures over more seeds.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cdgan.params import Params, Paths, parse_params
+from cdgan.params import Params, Paths, parse_params, read_preset
 from cdgan.stages import evaluate, prepare, train
 from tests.conftest import REPO
 
@@ -43,8 +44,8 @@ def test_digits_default_beats_the_gaussian_mixture_far_and_nears_the_real_data_f
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["grid25", "ring8"])
 def test_mixture_preset_covers_every_mode_at_the_data_width(dataset: str, tmp_path: Path, mlflow_uri: str) -> None:
-    # given the data set's preset as it ships
-    raw = yaml.safe_load((REPO / "presets" / f"{dataset}.yaml").read_text())
+    # given the data set's preset as it ships, on params.yaml (a preset holds only the keys it changes)
+    raw = read_preset(REPO / "presets" / f"{dataset}.yaml", REPO / "params.yaml")
     n_modes = {"grid25": 25, "ring8": 8}[dataset]
     # when
     m = _run(raw, tmp_path)
@@ -57,8 +58,8 @@ def test_mixture_preset_covers_every_mode_at_the_data_width(dataset: str, tmp_pa
 
 @pytest.mark.slow  # about 8 min of one core: 16000 steps, then 26,000 samples scored (the stacked MNIST protocol)
 def test_stacked_digits_preset_covers_every_mode_near_the_real_data_balance(tmp_path: Path, mlflow_uri: str) -> None:
-    # given the stacked-digits preset as it ships (1000 modes: three digits as the channels)
-    raw = yaml.safe_load((REPO / "presets" / "stacked-digits.yaml").read_text())
+    # given the stacked-digits preset as it ships, on params.yaml (1000 modes: three digits as the channels)
+    raw = read_preset(REPO / "presets" / "stacked-digits.yaml", REPO / "params.yaml")
     # when
     m = _run(raw, tmp_path)
     # then every mode is there, their balance is within 1.3x of real data's KL, and the FID is at most half the
