@@ -329,3 +329,43 @@ def test_batches_stream_when_asked_or_when_the_data_would_crowd_the_gpu(
 ) -> None:
     params = TrainParams(data_loading=data_loading)
     assert streams(params, mb * 2**20, torch.device(device)) is expected
+
+
+# --- embedded MNIST and stacked MNIST ------------------------------------------------------------------------------
+
+
+def test_mnist10k_is_28x28_in_the_pixel_range_and_padded_to_32_with_background() -> None:
+    # when
+    native = build_dataset(DataParams(dataset="mnist10k", image_size=28))
+    padded = build_dataset(DataParams(dataset="mnist10k", image_size=32))
+    # then the digits as they are, and the same digits framed by 2 pixels of background (not stretched)
+    assert native.x.shape == (10_000, 1, 28, 28) and native.x.dtype == np.float32
+    assert native.x.min() == -1.0 and native.x.max() == 1.0
+    assert padded.shape == (1, 32, 32)
+    assert np.array_equal(padded.x[:, :, 2:30, 2:30], native.x)
+    assert (padded.x[:, :, :2] == -1.0).all() and (padded.x[:, :, :, 30:] == -1.0).all()
+    assert np.array_equal(native.y, padded.y) and set(np.unique(native.y)) == set(range(10))
+
+
+def test_stacked_mnist_splits_share_no_digit_image_and_hold_out_26000_stacks() -> None:
+    # when
+    splits = build_splits(DataParams(dataset="stacked-mnist", image_size=28))
+    digits = build_splits(DataParams(dataset="mnist10k", image_size=28))
+
+    # then three real digits a stack, 1000 modes in both parts, no held-out digit in a training stack or in the
+    # digit classifier's training split, and the protocol's 26,000 held-out stacks
+    def digit_images(x: np.ndarray) -> set[bytes]:
+        return {x[i, c].tobytes() for i in range(len(x)) for c in range(3)}
+
+    assert splits.train.shape == splits.heldout.shape == (3, 28, 28)
+    assert len(splits.heldout.x) == 26_000
+    assert len(np.unique(splits.train.y)) == len(np.unique(splits.heldout.y)) == 1000
+    heldout_digits = digit_images(splits.heldout.x[:5000])
+    assert not heldout_digits & digit_images(splits.train.x[:20_000])
+    assert not heldout_digits & _rows(digits.train.x[:, 0])
+    assert heldout_digits <= _rows(digits.heldout.x[:, 0])
+    first = splits.heldout.x[0]
+    labels = [
+        int(digits.heldout.y[[np.array_equal(d[0], first[c]) for d in digits.heldout.x].index(True)]) for c in range(3)
+    ]
+    assert splits.heldout.y[0] == labels[0] * 100 + labels[1] * 10 + labels[2], "the class is the three digits"

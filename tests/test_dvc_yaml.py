@@ -29,7 +29,7 @@ def test_stage_depends_on_exactly_the_modules_its_command_imports(stage: str) ->
     expected = code_deps(import_closure(entry))
 
     # when the stage's code deps are read from dvc.yaml
-    declared = {dep for dep in STAGES[stage].get("deps", []) if dep.startswith("src/")}
+    declared = {dep for dep in STAGES[stage].get("deps", []) if dep.startswith("src/") and dep.endswith(".py")}
 
     # then they are the same files: a missing one would let `dvc repro` skip a stage whose code changed
     missing, extra = sorted(expected - declared), sorted(declared - expected)
@@ -41,3 +41,12 @@ def test_every_code_dep_exists() -> None:
         for dep in stage.get("deps", []):
             if dep.startswith("src/"):
                 assert (REPO / dep).is_file(), f"dvc.yaml: {name}: dep {dep} does not exist"
+
+
+def test_prepare_depends_on_the_embedded_mnist_file() -> None:
+    # the one data file inside the package that a stage reads: a rebuilt file must rerun prepare
+    from cdgan import mnist10k
+
+    dep = mnist10k.PATH.relative_to(REPO).as_posix()
+    assert dep in STAGES["prepare"]["deps"], f"dvc.yaml: prepare: add dep {dep}"
+    assert all(dep not in stage.get("deps", []) for name, stage in STAGES.items() if name != "prepare")

@@ -1,5 +1,6 @@
-"""Data sets (embedded digits, 2-D mixtures, torchvision, image folders), preparation, and the real data a
-training run draws its batches from: one tensor on the device, or batches streamed to it."""
+"""Data sets (embedded 8x8 digits and 28x28 MNIST, their stacks, 2-D mixtures, torchvision, image folders),
+preparation, and the real data a training run draws its batches from: one tensor on the device, or batches
+streamed to it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cdgan import distributed
+from cdgan import distributed, mnist10k
 from cdgan.errors import CdganError
 from cdgan.files import write_atomic
 from cdgan.params import PIXEL_RANGE, DataParams, TrainParams, is_image_shape
@@ -23,6 +24,9 @@ GRID25_STD = 0.05  # the standard 25-Gaussian grid (VEEGAN, PacGAN)
 RING8_STD = 0.02
 RING8_RADIUS = 2.0
 N_STACKED = 20_000  # stacked-digits examples; 1000 modes, 20 per mode on average
+STACKED_MNIST_TRAIN = 40_000  # stacked-mnist training stacks, from the training split's digits
+STACKED_MNIST_HELDOUT = 26_000  # held-out stacks: the stacked MNIST protocol's sample count (VEEGAN, PacGAN, MEG)
+STACKED_BASE = {"stacked-digits": "digits", "stacked-mnist": "mnist10k"}  # stacked set -> the digits it stacks
 
 _TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 
@@ -80,12 +84,15 @@ def _digits() -> Dataset:
     return Dataset(x, digits.target.astype(np.int64))
 
 
-def _stacked_digits(n: int, rng: np.random.Generator, digits: Dataset | None = None) -> Dataset:
-    """Three independently drawn digits (of `digits`, default all) as the three channels: 1000 modes (as
-    stacked MNIST)."""
-    digits = digits if digits is not None else _digits()
+def _mnist10k() -> Dataset:
+    x, y = mnist10k.load()  # shipped with cdgan: works offline
+    return Dataset(x[:, None].astype(np.float32) / 127.5 - 1.0, y)  # (N, 1, 28, 28) in [-1, 1]
+
+
+def _stacked(digits: Dataset, n: int, rng: np.random.Generator) -> Dataset:
+    """Three independently drawn digits of `digits` as the three channels: 1000 modes (stacked MNIST)."""
     picks = rng.integers(len(digits.y), size=(n, 3))
-    x = np.concatenate([digits.x[picks[:, c]] for c in range(3)], axis=1)  # (N, 3, 8, 8)
+    x = np.concatenate([digits.x[picks[:, c]] for c in range(3)], axis=1)  # (N, 3, H, W)
     labels = digits.y[picks]
     return Dataset(x, labels[:, 0] * 100 + labels[:, 1] * 10 + labels[:, 2])  # class = the three digits
 
@@ -125,9 +132,15 @@ def _folder(params: DataParams) -> Dataset:
     return Dataset(x, np.asarray(ds.targets, dtype=np.int64))
 
 
-def _resize(x: np.ndarray, side: int) -> np.ndarray:
-    if x.shape[-1] == side:
+def _to_side(x: np.ndarray, side: int) -> np.ndarray:
+    """Images (N, C, h, h) at side x side: padded with background where `side` exceeds h by at most side / 8
+    (28x28 MNIST in 32x32, as LeNet fed it: strokes keep their shape and width), resized otherwise."""
+    h = x.shape[-1]
+    if h == side:
         return x
+    if 0 < side - h <= side // 8 and (side - h) % 2 == 0:
+        pad = (side - h) // 2
+        return np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=PIXEL_RANGE[0])
     resized = F.interpolate(torch.from_numpy(x), size=(side, side), mode="bilinear", antialias=True)
     return resized.clamp(*PIXEL_RANGE).numpy()
 
@@ -136,15 +149,19 @@ def build_dataset(params: DataParams) -> Dataset:
     rng = np.random.default_rng(params.seed)
     if params.dataset in ("grid25", "ring8"):
         return draw_mixture(params.dataset, params.n_points, rng)
-    if params.dataset == "digits":
-        ds = _digits()
-    elif params.dataset == "stacked-digits":
-        ds = _stacked_digits(N_STACKED, rng)
+    if params.dataset in ("digits", "mnist10k"):
+        ds = _base(params.dataset)
+    elif params.dataset in STACKED_BASE:
+        ds = _stacked(_base(STACKED_BASE[params.dataset]), N_STACKED, rng)
     elif params.dataset == "folder":
         ds = _folder(params)
     else:
         ds = _torchvision(params)
-    return Dataset(_resize(ds.x, params.image_size).astype(np.float32), ds.y)
+    return Dataset(_to_side(ds.x, params.image_size).astype(np.float32), ds.y)
+
+
+def _base(dataset: str) -> Dataset:
+    return _digits() if dataset == "digits" else _mnist10k()
 
 
 def _split(ds: Dataset, heldout_frac: float, seed: int) -> Splits:
@@ -163,24 +180,29 @@ def _split(ds: Dataset, heldout_frac: float, seed: int) -> Splits:
 def build_splits(params: DataParams) -> Splits:
     """`build_dataset` split into training and held-out parts (`data.heldout_frac`, seeded by `data.seed`).
 
-    stacked-digits splits the plain digits first and stacks each part on its own, so no held-out stacked
-    image shares a digit image with the training split (nor with the digit classifier's training data).
+    The stacked sets split their digits first and stack each part on its own, so no held-out stack shares a
+    digit image with the training split (nor with the digit classifier's training data). stacked-digits
+    holds out `heldout_frac` of N_STACKED stacks, stacked-mnist STACKED_MNIST_HELDOUT.
     """
-    if params.dataset != "stacked-digits":
+    if params.dataset not in STACKED_BASE:
         return _split(build_dataset(params), params.heldout_frac, params.seed)
-    digits = _split(_digits(), params.heldout_frac, params.seed)
+    base = _base(STACKED_BASE[params.dataset])
+    digits = _split(
+        Dataset(_to_side(base.x, params.image_size).astype(np.float32), base.y), params.heldout_frac, params.seed
+    )
     rng = np.random.default_rng(params.seed)
-    n_heldout = round(N_STACKED * params.heldout_frac)
-    train = _stacked_digits(N_STACKED - n_heldout, rng, digits.train)
-    heldout = _stacked_digits(n_heldout, rng, digits.heldout)
-    side = params.image_size
-    return Splits(*(Dataset(_resize(d.x, side).astype(np.float32), d.y) for d in (train, heldout)))
+    if params.dataset == "stacked-digits":
+        n_heldout = round(N_STACKED * params.heldout_frac)
+        n_train = N_STACKED - n_heldout
+    else:
+        n_train, n_heldout = STACKED_MNIST_TRAIN, STACKED_MNIST_HELDOUT
+    return Splits(_stacked(digits.train, n_train, rng), _stacked(digits.heldout, n_heldout, rng))
 
 
 def save_dataset(path: Path, ds: Dataset) -> Path:
     def write(tmp: Path) -> None:
         with tmp.open("wb") as f:  # a file object: np.savez would append ".npz" to a path
-            np.savez(f, x=ds.x, y=ds.y)
+            np.savez_compressed(f, x=ds.x, y=ds.y)  # image backgrounds are constant: stacks shrink several-fold
 
     return write_atomic(path, write)
 

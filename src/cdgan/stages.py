@@ -19,7 +19,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from cdgan import distributed, registry, tracking
 from cdgan.classifier import StackedClassifier, classifier_accuracy, fit_classifier
-from cdgan.data import Dataset, RealData, build_splits, device_or_stream, load_dataset, mode_centres, save_dataset
+from cdgan.data import (
+    STACKED_BASE,
+    Dataset,
+    RealData,
+    build_splits,
+    device_or_stream,
+    load_dataset,
+    mode_centres,
+    save_dataset,
+)
 from cdgan.devices import resolve_device
 from cdgan.errors import CdganError
 from cdgan.evaluation import (
@@ -84,9 +93,10 @@ def prepare(params: Params, paths: Paths) -> PrepareResult:
     splits = build_splits(params.data)
     accuracy = None
     if params.data.is_image:
-        # stacked-digits: a digit classifier on the plain digits' training split, applied per channel
-        is_stacked = params.data.dataset == "stacked-digits"
-        labelled = build_splits(params.data.model_copy(update={"dataset": "digits"})) if is_stacked else splits
+        # stacked sets: a digit classifier on the plain digits' training split, applied per channel
+        is_stacked = params.data.dataset in STACKED_BASE
+        base = {"dataset": STACKED_BASE.get(params.data.dataset)}
+        labelled = build_splits(params.data.model_copy(update=base)) if is_stacked else splits
         classifier = fit_classifier(
             torch.from_numpy(labelled.train.x),
             torch.from_numpy(labelled.train.y),
