@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from cdgan.params import PIXEL_RANGE, ModelParams, is_image_shape
+from cdgan.params import PIXEL_RANGE, ModelParams, base_side, is_image_shape
 
 
 def _sn(layer: nn.Module, enabled: bool) -> nn.Module:
@@ -65,24 +65,26 @@ def _mlp_pair(params: ModelParams) -> tuple[nn.Module, nn.Module]:
 
 
 def _conv_pair(params: ModelParams, channels: int, side: int) -> tuple[nn.Module, nn.Module]:
-    n_up = int(math.log2(side // 4))  # 4x4 -> side x side by stride-2 blocks
+    base = base_side(side)
+    n_up = int(math.log2(side // base))  # base x base -> side x side by stride-2 blocks
     top = params.channels * 2**n_up
     g_layers: list[nn.Module] = [
-        nn.Linear(params.z_dim, top * 16),
-        nn.Unflatten(1, (top, 4, 4)),  # (B, top, 4, 4)
+        nn.Linear(params.z_dim, top * base**2),
+        nn.Unflatten(1, (top, base, base)),  # (B, top, base, base)
         nn.BatchNorm2d(top),
         nn.ReLU(),
     ]
-    e_layers: list[nn.Module] = [_sn(nn.Conv2d(channels, params.channels, 3, 1, 1), params.spectral_norm), nn.SiLU()]
     width = top
     for _ in range(n_up):
         g_layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1), nn.BatchNorm2d(width // 2), nn.ReLU()]
         width //= 2  # spatial side doubles
     g_layers += [nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh()]  # (B, C, side, side) in [-1, 1]
+    width = params.energy_channels or params.channels
+    e_layers: list[nn.Module] = [_sn(nn.Conv2d(channels, width, 3, 1, 1), params.spectral_norm), nn.SiLU()]
     for _ in range(n_up):
         e_layers += [_sn(nn.Conv2d(width, width * 2, 4, 2, 1), params.spectral_norm), nn.SiLU()]
         width *= 2  # spatial side halves
-    e_layers += [nn.Flatten(), _sn(nn.Linear(width * 16, 1), params.spectral_norm)]  # (B, top*16) -> (B, 1)
+    e_layers += [nn.Flatten(), _sn(nn.Linear(width * base**2, 1), params.spectral_norm)]  # (B, width*base^2) -> (B, 1)
     return nn.Sequential(*g_layers), nn.Sequential(*e_layers)
 
 

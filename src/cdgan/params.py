@@ -25,8 +25,13 @@ from pydantic import (
 from cdgan.errors import CdganError
 
 POINT_DATASETS = ("grid25", "ring8")
-IMAGE_DATASETS = ("digits", "stacked-digits", "mnist", "fashion-mnist", "cifar10", "folder")
-Dataset = Literal["grid25", "ring8", "digits", "stacked-digits", "mnist", "fashion-mnist", "cifar10", "folder"]
+IMAGE_DATASETS = (
+    "digits", "stacked-digits", "mnist10k", "stacked-mnist", "mnist", "fashion-mnist", "cifar10", "folder"
+)  # fmt: skip
+Dataset = Literal[
+    "grid25", "ring8", "digits", "stacked-digits", "mnist10k", "stacked-mnist", "mnist", "fashion-mnist", "cifar10",
+    "folder",
+]  # fmt: skip
 LossName = Literal["cd", "bce", "lsgan", "hinge", "wgan-gp"]
 ALLOW_EXTERNAL_PATHS_ENV = "CDGAN_ALLOW_EXTERNAL_PATHS"  # =1: path params may leave the project directory
 PIXEL_RANGE = (-1.0, 1.0)  # pixel values of every image data set, real and generated (the generator ends in tanh)
@@ -39,6 +44,14 @@ def is_image_shape(data_shape: tuple[int, ...]) -> bool:
     set's name, and every data set in IMAGE_DATASETS is prepared as (C, H, W).
     """
     return len(data_shape) == 3
+
+
+def base_side(side: int) -> int:
+    """The side the conv nets start (generator) and end (energy net) at: `side` halved while it stays even and
+    at least 4. Image sides are 4 * 2**n (base 4, as DCGAN at 64) or 7 * 2**n (base 7, as DCGANs for 28x28 MNIST)."""
+    while side % 2 == 0 and side // 2 >= 4:
+        side //= 2
+    return side
 
 
 def _inside_project(path: str, info: ValidationInfo) -> str:
@@ -69,7 +82,7 @@ class DataParams(_Section):
     dataset: Dataset = "digits"
     root: str = "data/raw"  # torchvision files or the image folder; never downloaded into git
     download: bool = True  # try torchvision's download when files under `root` are missing
-    image_size: int = Field(8, ge=4)  # images are resized to this side; must be 4 * 2**n
+    image_size: int = Field(8, ge=4)  # images are padded or resized to this side; 4 * 2**n or 7 * 2**n
     n_points: int = Field(10_000, gt=0)  # samples drawn for 2-D mixtures
     classifier_epochs: int = Field(10, ge=1)  # epochs of the domain classifier behind FID
     heldout_frac: float = Field(0.2, gt=0, lt=1)  # share held out: FID reference, k-NN metrics, classifier accuracy
@@ -77,9 +90,9 @@ class DataParams(_Section):
 
     @field_validator("image_size")
     @classmethod
-    def _is_power_of_two_times_four(cls, size: int) -> int:
-        if size % 4 or (size // 4) & (size // 4 - 1):
-            raise ValueError(f"must be 4 * 2**n (8, 16, 32, 64, ...), got {size}")
+    def _is_power_of_two_times_four_or_seven(cls, size: int) -> int:
+        if base_side(size) not in (4, 7):
+            raise ValueError(f"must be 4 * 2**n or 7 * 2**n (8, 14, 16, 28, 32, 56, 64, ...), got {size}")
         return size
 
     @property
@@ -94,6 +107,7 @@ class ModelParams(_Section):
     z_dim: int = Field(16, gt=0)  # latent size
     hidden: int = Field(128, gt=0)  # MLP width (2-D data)
     channels: int = Field(32, gt=0)  # base conv width (images)
+    energy_channels: int | None = Field(None, gt=0)  # the energy net's base conv width; None = channels
     spectral_norm: bool = True  # spectral norm on every energy-net layer (IGEBM)
 
 
