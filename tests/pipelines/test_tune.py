@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from prefect.flows import load_flow_from_entrypoint
 
 from cdgan.errors import CdganError
-from cdgan.params import parse_params, read_params_yaml
+from cdgan.params import load_preset, read_params_yaml
 from pipelines import studies, tune
 from tests.conftest import REPO, make_project, tiny_raw
 
@@ -80,11 +80,11 @@ def test_study_writes_the_best_preset_and_a_resumed_study_adds_trials(tmp_path: 
     best = min(first, key=lambda t: t.value)
     assert result["best_trial"] == best.number and result["best_value"] == best.value
 
-    # and the preset is the full params with the best value, inside the space
-    preset = yaml.safe_load((project / "presets" / f"tuned-{name}.yaml").read_text())
-    params = parse_params(preset, "preset")
+    # and the preset is an overlay holding only the tuned key, which on the project's params.yaml gives the best
+    preset_path = project / "presets" / f"tuned-{name}.yaml"
+    params = load_preset(preset_path, project / "params.yaml")
     assert params.train.lr == best.params["train.lr"] and LR["low"] <= params.train.lr <= LR["high"]
-    assert preset == tiny_raw(train={"lr": best.params["train.lr"]}), "everything but the tuned key as given"
+    assert yaml.safe_load(preset_path.read_text()) == {"train": {"lr": best.params["train.lr"]}}
 
     # and MLflow holds one parent run with one child run per trial, and the study's plots in both places
     [parent] = tune_parents(name)
