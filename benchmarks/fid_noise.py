@@ -23,7 +23,7 @@ from benchmarks.timing import note
 from cdgan.data import load_dataset
 from cdgan.evaluation import build_suite, reference_points, score_model
 from cdgan.params import Paths, load_params
-from cdgan.stages import load_trained
+from cdgan.stages.trained import load_trained
 
 KEYS = ("fid", "fid_floor", "fid_gmm")
 

@@ -24,10 +24,11 @@ from benchmarks.timing import Timing, environ, interleaved, median, note, paired
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from cdgan import stages, tracking
+from cdgan import tracking
 from cdgan.data import load_dataset
 from cdgan.files import save_torch
 from cdgan.params import Params
+from cdgan.stages import train as train_stage
 from cdgan.train import RunMeta, checkpoint_dict, fit, init_state
 
 VALUES = {"loss_e": -0.2, "e_real": -0.4, "e_fake": -0.2, "loss_g": -0.2, "grad_norm_g": 0.5}  # what fit logs
@@ -117,7 +118,7 @@ def _tracking_costs(params: Params, root: Path, x_data: torch.Tensor, calls: int
         arms["mlflow_log_metrics_in_caller"] = _per_call(lambda: mlflow.log_metrics(VALUES, step=next(step)), calls)
         arms["checkpoint_save"] = _per_call(lambda: save_torch(checkpoint, checkpoint_dict(state, meta)), 5)
         stack.enter_context(quiet_bar())
-        progress = stack.enter_context(stages._progress_bar())  # the stage's own bar, drawing to /dev/null
+        progress = stack.enter_context(train_stage._progress_bar())  # the stage's own bar, drawing to /dev/null
         task = progress.add_task("train cd", total=params.train.steps, info="")
         info = " ".join(f"{k}={v:.3g}" for k, v in VALUES.items())
         arms["progress_update"] = _per_call(lambda: progress.update(task, completed=next(step), info=info), calls)
@@ -134,7 +135,7 @@ def _bar_thread_share(params: Params, repeats: int, idle: float = 2.0) -> float:
             with ExitStack() as stack:
                 if has_bar:
                     stack.enter_context(quiet_bar())
-                    progress = stack.enter_context(stages._progress_bar())
+                    progress = stack.enter_context(train_stage._progress_bar())
                     task = progress.add_task("train cd", total=params.train.steps, info="")
                     progress.update(task, completed=params.train.log_every, info=" ".join(f"{k}=0.5" for k in VALUES))
                 start = time.process_time()
@@ -155,7 +156,7 @@ def _fixed_cost(params: Params, root: Path, repeats: int) -> float:
     with environ(MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlruns-fixed' / 'mlflow.db'}"):
         for round_ in range(repeats + 1):
             with torch_globals(), quiet_bar():
-                took = timed(lambda: stages.train(one, paths))
+                took = timed(lambda: train_stage.train(one, paths))
             if round_:  # the first creates the store
                 seconds.append(took.wall)
     return median(seconds)

@@ -25,10 +25,11 @@ from benchmarks.timing import Timing, environ, interleaved_round, median, note, 
 from rich.progress import Progress
 from torch import Tensor
 
-from cdgan import stages
 from cdgan.data import load_dataset
 from cdgan.models import EnergyNet, Generator, build_models
 from cdgan.params import ModelParams, Params, Paths, TrainParams
+from cdgan.stages import prepare as prepare_stage
+from cdgan.stages import train as train_stage
 from cdgan.train import fit, init_state
 
 # Train params the bare loop does not write; the benchmark refuses to compare when one is switched on.
@@ -129,11 +130,11 @@ def _stage_arm(params: Params, paths: Paths, fit_times: list[Timing], *patches: 
 
     def arm() -> Timing:
         with ExitStack() as stack:
-            for patch in (mock.patch.object(stages, "fit", timed_fit), *patches):  # timing wrapper changes nothing
+            for patch in (mock.patch.object(train_stage, "fit", timed_fit), *patches):  # timing wrapper changes nothing
                 stack.enter_context(patch)
             stack.enter_context(torch_globals())
             stack.enter_context(quiet_bar())
-            return timed(lambda: stages.train(params, paths))
+            return timed(lambda: train_stage.train(params, paths))
 
     return arm
 
@@ -149,7 +150,7 @@ def _bare_arm(params: Params, x_data: Tensor) -> Callable[[], Timing]:
 def prepare_project(root: Path, params: Params) -> Paths:
     subprocess.run(["git", "init", "-q", str(root)], check=True)  # lineage tags read git, as in a real project
     paths = Paths(root)
-    stages.prepare(params, paths)
+    prepare_stage.prepare(params, paths)
     return paths
 
 
@@ -172,8 +173,8 @@ class _ManualRefreshProgress(Progress):
 def _experiments() -> dict[str, list[Any]]:
     """Stage variants that each take one cost away, to say where the time goes (never the headline)."""
     return {
-        "stage_no_bar": [mock.patch.object(stages, "_progress_bar", _disabled_bar)],
-        "stage_bar_manual_refresh": [mock.patch.object(stages, "Progress", _ManualRefreshProgress)],
+        "stage_no_bar": [mock.patch.object(train_stage, "_progress_bar", _disabled_bar)],
+        "stage_bar_manual_refresh": [mock.patch.object(train_stage, "Progress", _ManualRefreshProgress)],
         "stage_nondeterministic": [mock.patch.object(torch, "use_deterministic_algorithms", lambda *a, **k: None)],
     }
 

@@ -42,11 +42,11 @@ from benchmarks.stats import mean_interval, rounded_interval
 from benchmarks.throughput import prepare_project, quiet_bar
 from benchmarks.timing import REPO, environ, note
 
-from cdgan import stages
 from cdgan.data import load_dataset
 from cdgan.evaluation import build_scorer, build_suite, reference_points
 from cdgan.params import Params, Paths, parse_params, read_preset
 from cdgan.sampler import draw_samples
+from cdgan.stages import train as train_stage
 
 # each read on top of params.yaml: a preset holds only the keys it changes
 PRESETS = {"digits": REPO / "params.yaml", "grid25": REPO / "presets" / "grid25.yaml"}
@@ -83,7 +83,7 @@ def _train_to_target(params: Params, paths: Paths, metric: str, threshold: float
     real = load_dataset(paths.dataset)
     scorer = build_scorer(params.data.dataset, real, paths.classifier)
     history: list[dict[str, float]] = []
-    real_fit = stages.fit
+    real_fit = train_stage.fit
 
     def fit_to_target(*args: Any, **kwargs: Any) -> Any:
         call = inspect.signature(real_fit).bind(*args, **kwargs)
@@ -101,8 +101,8 @@ def _train_to_target(params: Params, paths: Paths, metric: str, threshold: float
         call.arguments["score"] = score
         return real_fit(*call.args, **call.kwargs)
 
-    with mock.patch.object(stages, "fit", fit_to_target), torch_globals(), quiet_bar():
-        stages.train(params, paths)
+    with mock.patch.object(train_stage, "fit", fit_to_target), torch_globals(), quiet_bar():
+        train_stage.train(params, paths)
     hit = next((row for row in history if _is_reached(metric, row[metric], threshold)), None)
     return {
         "seed": params.train.seed,

@@ -28,7 +28,10 @@ from cdgan.evaluation import (
 from cdgan.metrics import density_coverage, frechet_distance, precision_recall
 from cdgan.models import EnergyNet, Generator, build_models
 from cdgan.params import DataParams, EvaluateParams, ModelParams, Params, Paths, SampleParams, parse_params
-from cdgan.stages import evaluate, prepare, register, train
+from cdgan.stages.evaluate import evaluate
+from cdgan.stages.prepare import prepare
+from cdgan.stages.register import register
+from cdgan.stages.train import train
 from tests.conftest import tiny_raw
 
 CPU = torch.device("cpu")

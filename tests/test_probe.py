@@ -11,7 +11,7 @@ from cdgan.data import build_dataset
 from cdgan.errors import CdganError
 from cdgan.params import DataParams, ModelParams, Paths, TrainParams, parse_params
 from cdgan.probe import gradient_probe, probe
-from cdgan.stages import prepare
+from cdgan.stages.prepare import prepare
 from tests.conftest import tiny_raw
 
 MODEL = ModelParams(z_dim=4, hidden=16)

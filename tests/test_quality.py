@@ -14,7 +14,9 @@ import pytest
 import yaml
 
 from cdgan.params import Params, Paths, parse_params, read_preset
-from cdgan.stages import evaluate, prepare, train
+from cdgan.stages.evaluate import evaluate
+from cdgan.stages.prepare import prepare
+from cdgan.stages.train import train
 from tests.conftest import REPO
 
 

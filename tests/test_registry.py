@@ -17,9 +17,10 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from cdgan import registry, stages, store
+from cdgan import registry, store
 from cdgan.models import build_models
 from cdgan.params import ModelParams, Params, Paths, RegisterParams, SampleParams
+from cdgan.stages.sample import sample
 from tests.conftest import REPO, run
 
 COMPARABLE = {"dataset": "grid25", "feature_extractor": "none"}
@@ -204,8 +205,7 @@ def test_sample_stage_loads_by_alias_and_is_deterministic_per_seed(
 
     # when `cdgan sample` runs twice with one seed and once with another
     draws = [
-        np.load(stages.sample(params, Paths(tmp_path), 6, seed, tmp_path / f"{i}.npy"))
-        for i, seed in enumerate((4, 4, 5))
+        np.load(sample(params, Paths(tmp_path), 6, seed, tmp_path / f"{i}.npy")) for i, seed in enumerate((4, 4, 5))
     ]
 
     # then the same seed gives the same samples, another seed others

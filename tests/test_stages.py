@@ -1,11 +1,14 @@
-"""Stage functions as users run them: resume after a kill, divergence."""
+"""Stage functions as users run them: resume after a kill, divergence; each stage module run alone, as dvc.yaml
+runs it, behind the same edge as the `cdgan` CLI."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,9 @@ from mlflow.tracking import MlflowClient
 from cdgan.errors import CdganError
 from cdgan.files import load_torch
 from cdgan.params import Paths, parse_params
-from cdgan.stages import prepare, train
+from cdgan.stages.edge import INTERRUPTED, TERMINATED, guarded
+from cdgan.stages.prepare import prepare
+from cdgan.stages.train import train
 from tests.conftest import BIN, run, tiny_raw
 
 KILLABLE = {
@@ -98,3 +103,65 @@ def _run_ids(uri: str) -> set[str]:
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     return {r.info.run_id for r in client.search_runs(experiments, max_results=50_000)} if experiments else set()
+
+
+DVC_STAGES = ("prepare", "train", "evaluate", "register")
+
+
+@pytest.mark.parametrize("stage", DVC_STAGES)
+def test_a_stage_module_run_alone_reads_params_and_fails_as_the_cli_does(
+    stage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given a project whose params file has a bad key
+    monkeypatch.chdir(tmp_path)
+    Path("other.yaml").write_text(yaml.safe_dump(tiny_raw(train={"cd_k": -1})))
+    main = importlib.import_module(f"cdgan.stages.{stage}").main
+
+    # when the stage's module runs on it, as `python -m cdgan.stages.<stage> --params other.yaml`
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--params", "other.yaml"])
+
+    # then: exit 1, the CLI's one line naming the key, and nothing written
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert err.startswith("cdgan: error: ") and err.count("\n") == 1 and "train.cd_k" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.yaml"], "nothing written on bad params"
+
+
+@pytest.mark.parametrize("stage", DVC_STAGES)
+def test_a_stage_module_has_help_naming_its_command(stage: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(f"cdgan.stages.{stage}").main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and f"python -m cdgan.stages.{stage}" in out and "--params" in out, out
+
+
+def _raise(err: BaseException) -> None:
+    raise err
+
+
+@pytest.mark.parametrize(
+    ("stop", "code", "line"),
+    [
+        (lambda: _raise(KeyboardInterrupt()), INTERRUPTED, "cdgan: interrupted"),  # Ctrl-C outside typer
+        (lambda: INTERRUPTED, INTERRUPTED, "cdgan: interrupted"),  # typer returns the code for Ctrl-C
+        (lambda: signal.raise_signal(signal.SIGTERM), TERMINATED, "cdgan: terminated"),
+        (lambda: _raise(CdganError("params.yaml: train.cd_k must be >= 0")), 1, "cdgan: error: params.yaml"),
+    ],
+    ids=["ctrl-c", "typer-ctrl-c", "sigterm", "error"],
+)
+def test_the_edge_turns_each_stop_into_its_exit_code_and_one_line(
+    stop: Callable[[], object], code: int, line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given the SIGTERM handler outside the edge
+    before = signal.getsignal(signal.SIGTERM)
+
+    # when a command stops by Ctrl-C, SIGTERM or a user error inside it
+    with pytest.raises(SystemExit) as exit_info:
+        guarded(stop)
+
+    # then the exit code a shell expects, one line saying why, and the outer handler back in place
+    err = capsys.readouterr().err
+    assert exit_info.value.code == code
+    assert err.startswith(line) and err.count("\n") == 1, err
+    assert signal.getsignal(signal.SIGTERM) == before, "the edge restores the SIGTERM handler it replaced"

@@ -1,25 +1,24 @@
-"""The `cdgan` console script: one subcommand per stage, plus `sample`, `params`; the one place errors are caught."""
+"""The `cdgan` console script: one subcommand per stage, plus `sample`, `params`, behind the edge in
+`cdgan.stages.edge`, which `python -m cdgan.stages.<stage>` (what dvc.yaml runs) shares.
+
+A command imports its stage module only after its params loaded: the stages load torch, MLflow and torchmetrics,
+which --help, a bad flag and a bad params.yaml do not need.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Annotated
 
 import click
 import typer
 import yaml
-from rich.console import Console
 
-from cdgan.errors import CdganError, Terminated
+from cdgan.errors import CdganError
 from cdgan.params import Paths, apply_preset, load_params, load_preset
+from cdgan.stages.edge import PARAMS_FILE, console, guarded, report
 
-INTERRUPTED = 130  # exit code of a command stopped by Ctrl-C (128 + SIGINT)
-TERMINATED = 143  # exit code of a command stopped by SIGTERM (128 + SIGTERM), as a shell reports it
 app = typer.Typer(
     name="cdgan",
     help="Contrastive-divergence GANs: prepare -> train -> evaluate -> register, then sample.",
@@ -34,34 +33,24 @@ params_app = typer.Typer(
 app.add_typer(params_app, name="params")
 ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read")]
 PresetArgument = Annotated[Path, typer.Argument(help="a preset: only the keys it changes, e.g. presets/grid25.yaml")]
-PARAMS_FILE = Path("params.yaml")
-console = Console(stderr=True)
-
-
-def _stages() -> ModuleType:
-    """cdgan.stages, imported when a command runs, after its params loaded: it loads torch, MLflow and
-    torchmetrics (5-8 s here), which --help, a bad flag and a bad params.yaml do not need (0.3 s)."""
-    from cdgan import stages
-
-    return stages
 
 
 @app.command()
 def prepare(params: ParamsOption = PARAMS_FILE) -> None:
     """Build the data set in data/prepared/ (and the domain classifier behind FID for images)."""
     loaded = load_params(params)
-    result = _stages().prepare(loaded, Paths())
-    accuracy = "" if result.classifier_accuracy is None else f", classifier accuracy {result.classifier_accuracy:.3f}"
-    console.print(f"prepared {result.n_examples} examples of shape {result.data_shape}{accuracy}")
+    from cdgan.stages.prepare import prepare as run
+
+    report(run(loaded, Paths()))
 
 
 @app.command()
 def train(params: ParamsOption = PARAMS_FILE) -> None:
     """Train generator and energy net; writes models/ and metrics/train.json, logs to MLflow."""
     loaded = load_params(params)
-    result = _stages().train(loaded, Paths())
-    if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns; one of them reports
-        console.print(f"trained {result.steps} steps in {result.seconds:.1f}s, MLflow run {result.mlflow_run_id}")
+    from cdgan.stages.train import train as run
+
+    report(run(loaded, Paths()))
 
 
 @app.command()
@@ -80,9 +69,16 @@ def evaluate(
     to --out only, leaving the DVC outputs and the MLflow runs untouched.
     """
     loaded = load_params(params)
-    result = _stages().evaluate(loaded, Paths(), model_uri, out)
-    where = f"samples in {result.samples_png}" if result.samples_png else f"metrics in {result.metrics_json}"
-    console.print(" ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()) + f"; {where}")
+    if (model_uri is None) != (out is None):
+        raise CdganError("--model-uri and --out go together: a registered model's metrics go to --out only")
+    if model_uri is None:
+        from cdgan.stages.evaluate import evaluate as run
+
+        report(run(loaded, Paths()))
+    else:
+        from cdgan.stages.registered import evaluate_registered
+
+        report(evaluate_registered(loaded, Paths(), model_uri, out))
 
 
 @app.command()
@@ -92,8 +88,9 @@ def register(
 ) -> None:
     """Log the sampler as an MLflow model, register a version, move `champion` if it is better."""
     loaded = load_params(params)
-    result = _stages().register(loaded, Paths(), force)
-    console.print(f"registered version {result.version} as {result.alias}: {result.reason}")
+    from cdgan.stages.register import register as run
+
+    report(run(loaded, Paths(), force))
 
 
 @app.command()
@@ -111,7 +108,9 @@ def sample(
 ) -> None:
     """Write N samples: (N, 2) points or (N, C, H, W) images in [-1, 1]."""
     loaded = load_params(params)
-    path = _stages().sample(loaded, Paths(), n, seed, out, model_uri, generator)
+    from cdgan.stages.sample import sample as run
+
+    path = run(loaded, Paths(), n, seed, out, model_uri, generator)
     console.print(f"wrote {n} samples to {path}")
 
 
@@ -125,7 +124,7 @@ def probe(
     """Vanishing-gradient probe: generator gradient norm per loss as E trains against a frozen G."""
     steps = [int(s) for s in critic_steps.split(",") if s.strip()]
     loaded = load_params(params)
-    from cdgan.probe import probe as run_probe  # loads torch: after the params, as _stages does
+    from cdgan.probe import probe as run_probe  # loads torch: after the params, as the stages do
 
     result = run_probe(loaded, Paths(), [s.strip() for s in losses.split(",")], steps, out)
     console.print(f"wrote {result.csv} and {result.png}")
@@ -168,28 +167,14 @@ def params_show(
     print(yaml.safe_dump(loaded.model_dump(mode="json"), sort_keys=False), end="")
 
 
-def _terminate(_signum: int, _frame: object) -> None:
-    raise Terminated
-
-
 def main(argv: list[str] | None = None) -> None:
-    # SIGTERM (Prefect cancelling a flow run, `kill`, a scheduler, `systemctl stop`) stops a command as Ctrl-C
-    # does: the exception unwinds the stage, the resume checkpoint stays, the MLflow run ends (KILLED)
-    before = signal.signal(signal.SIGTERM, _terminate)
+    guarded(lambda: _invoke(argv))  # errors, Ctrl-C and SIGTERM as every command ends
+
+
+def _invoke(argv: list[str] | None) -> int | None:
     try:
-        code = app(args=argv, prog_name="cdgan", standalone_mode=False)
-    except Terminated:
-        print("cdgan: terminated (rerun it: train resumes from its last checkpoint)", file=sys.stderr)
-        raise SystemExit(TERMINATED) from None
-    except CdganError as err:
-        print(f"cdgan: error: {err}", file=sys.stderr)  # one line, no traceback
-        raise SystemExit(1) from None
+        return app(args=argv, prog_name="cdgan", standalone_mode=False)  # typer returns 130 for Ctrl-C
     except (click.ClickException, typer.exceptions.TyperException) as err:  # bad flags: message, exit code 2
         # typer 0.2x raises its own copy of click's exceptions (typer._click), whose base is TyperException
         err.show()
         raise SystemExit(err.exit_code) from None
-    finally:
-        signal.signal(signal.SIGTERM, before)
-    if code == INTERRUPTED:  # typer turns Ctrl-C into this return value instead of raising
-        print("cdgan: interrupted (rerun it: train resumes from its last checkpoint)", file=sys.stderr)
-        raise SystemExit(code)
