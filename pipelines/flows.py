@@ -46,7 +46,7 @@ EPHEMERAL_START_SECONDS = 120  # Prefect's 20 s default timed out here on a firs
 def _run_streaming(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
     """Run `cmd`, each output line into the Prefect log; raise with the output's tail if it fails."""
     logger = get_run_logger()
-    # `dvc` and the `cdgan <stage>` commands in dvc.yaml come from the environment running this flow
+    # `dvc` and the `python -m cdgan.stages.<stage>` commands in dvc.yaml come from the environment running this flow
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     with subprocess.Popen(
