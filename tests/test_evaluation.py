@@ -207,6 +207,23 @@ def test_digits_floor_is_below_the_gaussian_mixture_baseline(prepared_digits: Pa
     assert points["modes_floor"] == 10 and points["kl_floor"] < 0.05, points
 
 
+def test_class_floors_come_from_the_heldout_images_and_fid_floor_from_the_training_ones(prepared_digits: Paths) -> None:
+    # given a held-out set of threes only beside the real training split
+    ev = EvaluateParams(n_samples=1000, metrics=("fid",))
+    heldout = load_dataset(prepared_digits.heldout)
+    suite = build_suite("digits", heldout, prepared_digits.classifier, ev, CPU)
+    train_split, threes = (
+        load_dataset(prepared_digits.dataset),
+        Dataset(heldout.x[heldout.y == 3], heldout.y[heldout.y == 3]),
+    )
+    # when
+    with_heldout, without = reference_points(suite, train_split, threes), reference_points(suite, train_split)
+    # then the class figures follow the held-out images (nearly all read as threes), the FID floor does not move
+    assert with_heldout["modes_floor"] <= 3 and with_heldout["kl_floor"] > 1.5, with_heldout
+    assert without["modes_floor"] == 10, without
+    assert with_heldout["fid_floor"] == without["fid_floor"]
+
+
 @pytest.fixture(scope="module")
 def low_rank_points(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
     """Reference points of 3x32x32 images drawn from a 10-component Gaussian mixture in a 6-dim subspace of the

@@ -331,20 +331,35 @@ def _fresh_mixture(dataset: str, ev: EvaluateParams, stream: int) -> np.ndarray:
     return draw_mixture(dataset, ev.n_samples, np.random.default_rng([ev.seed, stream])).x
 
 
-def _fid_and_classes(suite: Suite, batches: Iterable[np.ndarray]) -> dict[str, float]:
-    """fid, modes and kl of images (B, C, H, W) in [-1, 1], given BATCH at a time, scored as the model output is."""
+def _scored(suite: Suite, batches: Iterable[np.ndarray]) -> _ImageScores:
+    """Images (B, C, H, W) in [-1, 1], given BATCH at a time, folded in as the model output is."""
     scores = _ImageScores(suite.extractor)
     for x in batches:
         scores.update(torch.from_numpy(x))
+    return scores
+
+
+def _fid_and_classes(suite: Suite, batches: Iterable[np.ndarray]) -> dict[str, float]:
+    """fid, modes and kl of images (B, C, H, W) in [-1, 1], given BATCH at a time, scored as the model output is."""
+    scores = _scored(suite, batches)
     return {"fid": scores.fid(suite.real_stats)} | scores.class_coverage()
 
 
-def reference_points(suite: Suite, train: Dataset) -> dict[str, float]:
+def _draws(x: np.ndarray, n: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """n rows of x drawn with replacement, BATCH at a time."""
+    picks = rng.integers(len(x), size=n)
+    return (x[picks[rows]] for rows in _batch_rows(n))
+
+
+def reference_points(suite: Suite, train: Dataset, heldout: Dataset | None = None) -> dict[str, float]:
     """What a reader needs beside the model's figures, at the same sample count and seed.
 
-    `<metric>_floor`: real data scored as the model output is. Images: n_samples training images drawn
-    with replacement (never part of the held-out reference), i.e. what a sampler of the training data
-    gets. 2-D: n_samples fresh draws of the true mixture. Images also get `fid_gmm`, `modes_gmm`, `kl_gmm`:
+    `<metric>_floor`: real data scored as the model output is. Images: `fid_floor` from n_samples training
+    images drawn with replacement (never part of the held-out reference), i.e. what a sampler of the training
+    data gets. `modes_floor` and `kl_floor` from n_samples draws of `heldout` where given (evaluate gives it):
+    the classifier never saw those images, as it never sees the model's, so its errors weigh on the floor as on
+    the model (on its own training images it is nearly always right, which would flatter the floor).
+    2-D: n_samples fresh draws of the true mixture. Images also get `fid_gmm`, `modes_gmm`, `kl_gmm`:
     Gaussian mixtures with full covariances (scikit-learn) fitted to at most GMM_FIT_ROWS training images,
     in pixel space up to GMM_PCA_DIMS pixels and otherwise in the first GMM_PCA_DIMS principal components
     of those images (`gmm_dims`: the dimensions fitted in). Samples are drawn there, mapped back to pixels
@@ -357,8 +372,9 @@ def reference_points(suite: Suite, train: Dataset) -> dict[str, float]:
     rng = np.random.default_rng([ev.seed, 2])
     if suite.modes is not None:
         return {f"{k}_floor": v for k, v in _mixture_scores(suite, suite.truth_twin).items()}
-    picks = rng.integers(len(train.x), size=ev.n_samples)
-    floor = _fid_and_classes(suite, (train.x[picks[rows]] for rows in _batch_rows(len(picks))))
+    floor = _fid_and_classes(suite, _draws(train.x, ev.n_samples, rng))
+    if heldout is not None:
+        floor |= _scored(suite, _draws(heldout.x, ev.n_samples, np.random.default_rng([ev.seed, 3]))).class_coverage()
     return {f"{k}_floor": v for k, v in floor.items()} | _gmm_baseline(suite, train, rng)
 
 

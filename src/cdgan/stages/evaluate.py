@@ -51,7 +51,7 @@ def score(params: Params, paths: Paths, networks: Callable[[tuple[int, ...]], Ne
     suite = build_suite(params.data.dataset, heldout, paths.classifier, ev, device)  # checks params against the data
     generator, energy, sampling = networks(train_split.shape)
     evaluation = score_model(suite, generator.to(device), energy.to(device), sampling)
-    metrics = evaluation.metrics | reference_points(suite, train_split)
+    metrics = evaluation.metrics | reference_points(suite, train_split, heldout)
     info = {"dataset": params.data.dataset, "feature_extractor": suite.feature_extractor, "n_samples": ev.n_samples,
             "sample_space": sampling.space}  # fmt: skip
     return Scores(metrics, info, evaluation.preview)
