@@ -30,6 +30,7 @@ BENCHMARKS = (
     "features",
     "sampling",
     "cd_cost",
+    "image_steps",
     "stage_costs",
     "streaming",
     "throughput",

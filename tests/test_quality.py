@@ -68,3 +68,55 @@ def test_stacked_digits_preset_covers_every_mode_near_the_real_data_balance(tmp_
     # Gaussian mixture's
     assert m["modes"] == 1000 and m["kl"] <= 1.3 * m["kl_floor"], m
     assert m["fid"] <= m["fid_gmm"] / 2, m
+
+
+def _stacked_kl_bound(kl_floor: float) -> float:
+    """Issue 31's stacked MNIST target: KL at most 0.03 (below every published figure), or 1.3x the real data's
+    own KL where that floor is above 0.02 (the classifier's errors and the digits' imbalance put it there)."""
+    return 1.3 * kl_floor if kl_floor > 0.02 else 0.03
+
+
+@pytest.mark.slow  # about 10 min of one core: the 12-epoch classifier, 1000 steps, 2000 samples
+def test_mnist10k_preset_shortened_counts_modes_and_halves_the_distance_to_the_mixture_early(
+    tmp_path: Path, mlflow_uri: str
+) -> None:
+    """CI's stand-in for the full target below (make test-quality), its bound set from measured runs: after 1000
+    of the preset's steps they sit well inside a third of the mixture's distance above the floor, and the full
+    runs reach a fifth (RESULTS.md "Real images" gives the figures and the margin)."""
+    # given the MNIST preset as it ships, cut to 1000 steps and 2000 samples
+    raw = read_preset(REPO / "presets" / "mnist10k.yaml", REPO / "params.yaml")
+    raw["train"] |= {"steps": 1000, "eval_every": 0}
+    raw["evaluate"] |= {"n_samples": 2000}
+    # when
+    m = _run(raw, tmp_path)
+    # then the classifier can count modes, every class is there, and FID is within a third of the mixture's
+    # distance above the floor
+    assert m["classifier_accuracy"] >= 0.985, m
+    assert m["modes"] == 10, m
+    assert m["fid"] - m["fid_floor"] <= (m["fid_gmm"] - m["fid_floor"]) / 3, m
+
+
+@pytest.mark.quality  # about 15 min of two cores: make test-quality
+def test_mnist10k_preset_reaches_a_fifth_of_the_mixtures_distance_from_the_floor(
+    tmp_path: Path, mlflow_uri: str
+) -> None:
+    # given the MNIST preset as it ships, on params.yaml
+    raw = read_preset(REPO / "presets" / "mnist10k.yaml", REPO / "params.yaml")
+    # when
+    m = _run(raw, tmp_path)
+    # then FID within a fifth of the Gaussian mixture's distance above the floor, every class, and a class balance
+    # within twice the real data's, scored by a classifier good enough to count modes
+    assert m["classifier_accuracy"] >= 0.985, m
+    assert m["fid"] - m["fid_floor"] <= (m["fid_gmm"] - m["fid_floor"]) / 5, m
+    assert m["modes"] == 10 and m["kl"] <= 2 * m["kl_floor"], m
+
+
+@pytest.mark.quality  # about 30 min of two cores: make test-quality
+def test_stacked_mnist_preset_covers_all_1000_modes_below_the_published_kl(tmp_path: Path, mlflow_uri: str) -> None:
+    # given the stacked MNIST preset as it ships, on params.yaml (26,000 samples, the protocol's count)
+    raw = read_preset(REPO / "presets" / "stacked-mnist.yaml", REPO / "params.yaml")
+    # when
+    m = _run(raw, tmp_path)
+    # then every mode, at a balance below every published figure (MEG: KL 0.031), or near the real data's own
+    assert m["classifier_accuracy"] >= 0.985, m
+    assert m["modes"] == 1000 and m["kl"] <= _stacked_kl_bound(m["kl_floor"]), m
