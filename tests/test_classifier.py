@@ -20,6 +20,7 @@ from cdgan.classifier import (
     Classifier,
     FidInceptionV3,
     classifier_accuracy,
+    classifier_from_config,
     fit_classifier,
     load_fid_inception,
 )
@@ -43,7 +44,23 @@ def test_fit_classifier_learns_digits(trained: tuple[Classifier, float, torch.Te
     # then
     assert 0.5 < accuracy <= 1.0, f"held-out accuracy {accuracy}"
     assert not net.training, "the classifier should come back in eval mode"
-    assert net.config() == {"channels": 1, "n_classes": 10, "width": 32}
+    assert net.config() == {"channels": 1, "n_classes": 10, "width": 32, "side": 8}
+
+
+def test_images_from_16_px_get_the_deeper_classifier_and_old_configs_load_the_small_one() -> None:
+    # given the two sizes, and a config saved before the side was recorded
+    small, deep = Classifier(1, 10, side=8), Classifier(1, 10, side=28)
+    from_old = classifier_from_config({"channels": 1, "n_classes": 10, "width": 32})
+    # then 28x28 MNIST gets batch-normed blocks with pooling, the 8x8 digits and old files the small net, and both
+    # give FEATURE_DIM features; a deep classifier rebuilt from its config takes its own weights
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in deep.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in small.modules())
+    assert [type(m) for m in from_old.modules()] == [type(m) for m in small.modules()]
+    with torch.no_grad():
+        assert deep.eval().features(torch.zeros(2, 1, 28, 28)).shape == (2, FEATURE_DIM)
+    rebuilt = classifier_from_config(deep.config())
+    rebuilt.load_state_dict(deep.state_dict())
+    assert rebuilt.side == 28
 
 
 def test_features_have_feature_dim_columns(trained: tuple[Classifier, float, torch.Tensor]) -> None:
@@ -214,7 +231,7 @@ def test_a_weights_file_of_another_network_is_refused(tmp_path: Path) -> None:
 
 
 def test_stacked_classifier_classes_are_the_per_channel_digits() -> None:
-    from cdgan.classifier import StackedClassifier, classifier_from_config
+    from cdgan.classifier import StackedClassifier
 
     # given a digit classifier and images whose three channels are three digit images
     digit = Classifier(1, 10, width=4).eval()

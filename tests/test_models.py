@@ -34,7 +34,7 @@ def test_point_models_shapes() -> None:
     assert e.shape == (5,), "energy must be one scalar per sample"
 
 
-@pytest.mark.parametrize("side", [4, 8, 16])
+@pytest.mark.parametrize("side", [4, 8, 14, 16, 28])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_image_models_shapes_and_range(side: int, channels: int) -> None:
     # given
@@ -87,6 +87,17 @@ def test_sizes_follow_params() -> None:
     # then the wider MLP has more parameters, and z_dim sets the first layer's input
     assert _count(wide) > _count(small)
     assert small.z_dim == 4 and small.sample_z(3).shape == (3, 4)
+
+
+def test_28x28_nets_start_from_7x7_and_energy_channels_sets_the_energy_width_alone() -> None:
+    # given MNIST's size, with the energy net at a quarter of the generator's width and at the same width
+    generator, narrow = build_models(ModelParams(z_dim=4, channels=16, energy_channels=4), (1, 28, 28))
+    same_g, same = build_models(ModelParams(z_dim=4, channels=16), (1, 28, 28))
+    # then the generator unflattens to 7x7 and the energy net flattens 7x7 maps of its own width
+    assert generator.body[1].unflattened_size == (64, 7, 7)
+    assert narrow.body[-1].in_features == 4 * 4 * 49 and same.body[-1].in_features == 16 * 4 * 49
+    assert _count(generator) == _count(same_g), "energy_channels leaves the generator alone"
+    assert _count(narrow) < _count(same) / 8
 
 
 def test_build_models_is_seeded_by_torch_rng() -> None:

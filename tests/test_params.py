@@ -72,8 +72,9 @@ def test_params_are_frozen() -> None:
         ({"train": {"lr": [0.1]}}, "train.lr"),  # wrong type
         ({"data": {"dataset": "imagenet"}}, "data.dataset"),  # not a choice
         ({"train": {"loss": "wgan"}}, "train.loss"),  # not a choice
-        ({"data": {"image_size": 12}}, "data.image_size"),  # not 4 * 2**n
-        ({"data": {"image_size": 24}}, "data.image_size"),  # not 4 * 2**n
+        ({"data": {"image_size": 12}}, "data.image_size"),  # not 4 * 2**n nor 7 * 2**n
+        ({"data": {"image_size": 24}}, "data.image_size"),  # not 4 * 2**n nor 7 * 2**n
+        ({"data": {"image_size": 21}}, "data.image_size"),  # odd: 7 * 3
         ({"data": {"image_size": 2}}, "data.image_size"),  # below 4
         ({"train": {"beta1": 1.0}}, "train.beta1"),
         ({"register": {"model_name": ""}}, "register.model_name"),
@@ -105,8 +106,8 @@ def test_every_bad_key_is_listed_in_one_error(tmp_path: Path) -> None:
         assert key in str(err.value), f"{key} missing from: {err.value}"
 
 
-@pytest.mark.parametrize("size", [4, 8, 16, 32, 64])
-def test_image_size_accepts_powers_of_two_times_four(size: int) -> None:
+@pytest.mark.parametrize("size", [4, 8, 16, 32, 64, 7, 14, 28, 56])
+def test_image_size_accepts_powers_of_two_times_four_or_seven(size: int) -> None:
     assert DataParams(image_size=size).image_size == size
 
 
