@@ -26,7 +26,7 @@ from cdgan.metrics import FeatureStats
 # resident set would show whatever the allocator happened to retain; fixed thresholds return every large
 # block on free, and the peak resident set then follows the live arrays.
 _EXACT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-BATCH = 500  # cdgan.evaluation.feature_stats' batch
+BATCH = 500  # cdgan.reference.feature_stats' batch
 SHAPE = (1, 8, 8)  # digits as prepared: one channel, 8 x 8
 N_CLASSES = 10
 

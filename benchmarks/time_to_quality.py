@@ -43,8 +43,9 @@ from benchmarks.throughput import prepare_project, quiet_bar
 from benchmarks.timing import REPO, environ, note
 
 from cdgan.data import load_dataset
-from cdgan.evaluation import build_scorer, build_suite, reference_points
+from cdgan.evaluation import build_suite, reference_points
 from cdgan.params import Params, Paths, parse_params, read_preset
+from cdgan.reference import build_scorer
 from cdgan.sampler import draw_samples
 from cdgan.stages import train as train_stage
 

@@ -14,8 +14,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from cdgan.data import load_dataset
-from cdgan.evaluation import build_scorer
 from cdgan.params import Paths, load_params
+from cdgan.reference import build_scorer
 from cdgan.sampler import draw_samples
 from cdgan.stages.trained import load_trained
 from tests.conftest import REPO, run
@@ -80,15 +80,17 @@ def test_repro_then_status_is_clean_and_second_repro_does_nothing(dvc_repo: Path
 
 
 # The stages `dvc status` names after an edit to one file: those whose own module imports it, directly or not.
-# evaluation.py (and through it sampler.py and losses.py) reaches all four: prepare saves the FID reference
-# statistics and train scores FID during training with functions that live in evaluation.py.
+# The FID reference (reference.py) reaches all four: prepare saves it, train scores against it, evaluate loads
+# it and register ranks by evaluation.primary_metric, which imports it. The metric suite (evaluation.py) is
+# evaluate's and, through primary_metric, register's; the losses train uses, and the sampler (Langevin) imports.
 EDITS = {
     "src/cdgan/registry.py": {"register"},
     "src/cdgan/pictures.py": {"evaluate"},
     "src/cdgan/train.py": {"train"},
     "src/cdgan/store.py": {"train", "evaluate", "register"},
-    "src/cdgan/evaluation.py": set(STAGES),
-    "src/cdgan/losses.py": set(STAGES),
+    "src/cdgan/reference.py": set(STAGES),
+    "src/cdgan/evaluation.py": {"evaluate", "register"},
+    "src/cdgan/losses.py": {"train", "evaluate", "register"},
 }
 
 

@@ -21,15 +21,14 @@ from cdgan.evaluation import (
     GMM_PCA_DIMS,
     GMM_SELECT_SAMPLES,
     build_suite,
-    load_reference,
     reference_points,
     sample_batches,
-    save_reference,
     score_model,
 )
 from cdgan.metrics import density_coverage, frechet_distance, precision_recall
 from cdgan.models import EnergyNet, Generator, build_models
 from cdgan.params import DataParams, EvaluateParams, ModelParams, Params, Paths, SampleParams, parse_params
+from cdgan.reference import load_reference, save_reference
 from cdgan.stages.evaluate import evaluate
 from cdgan.stages.prepare import prepare
 from cdgan.stages.register import register

@@ -19,7 +19,7 @@ there are more pixels than that, at its best number of components).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,10 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cdgan.classifier import INCEPTION_DIM, Classifier, StackedClassifier, classifier_from_config, load_fid_inception
+from cdgan.classifier import INCEPTION_DIM, load_fid_inception
 from cdgan.data import Dataset, draw_mixture, mode_centres
 from cdgan.errors import CdganError
-from cdgan.files import load_torch, save_torch
 from cdgan.metrics import (
     FeatureStats,
     InceptionScore,
@@ -44,14 +43,13 @@ from cdgan.metrics import (
 )
 from cdgan.models import EnergyNet, Generator
 from cdgan.params import PIXEL_RANGE, EvaluateParams, SampleParams
+from cdgan.reference import Reference, load_reference
 from cdgan.sampler import draw_samples
 
 if TYPE_CHECKING:
     from sklearn.decomposition import PCA
     from sklearn.mixture import GaussianMixture
 
-Scorer = Callable[[Tensor], dict[str, float]]
-DomainClassifier = Classifier | StackedClassifier
 BATCH = 500  # samples drawn, featurized and accumulated at a time; fixed, as each batch has its own seed
 PREVIEW = 2500  # model samples kept for the picture
 _FEATURE_BATCH = 100  # images per feature-network call: Inception's activations at 299 px are ~10 MB an image
@@ -65,62 +63,6 @@ GMM_FIT_ROWS = 5000  # training images the mixture is fitted to, at most (full c
 # lowers the baseline's FID on 32x32 images, so q is as large as keeps the fit a small part of the evaluation.
 GMM_PCA_DIMS = 256
 GMM_SELECT_SAMPLES = 2000  # the grid is compared on this many samples at most, the winner scored on n_samples
-
-
-@dataclass(frozen=True)
-class Reference:
-    """The domain classifier and the real-data feature statistics it yields (the FID reference)."""
-
-    classifier: DomainClassifier
-    mu: np.ndarray
-    sigma: np.ndarray
-    accuracy: float
-
-
-def feature_stats(classifier: DomainClassifier, x: Tensor, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    stats = FeatureStats(classifier.feature_dim)
-    with torch.no_grad():
-        for batch in x.split(batch_size):
-            stats.update(classifier.embed(batch)[0])
-    return stats.compute()
-
-
-def save_reference(path: Path, classifier: DomainClassifier, real: Tensor, accuracy: float) -> Reference:
-    mu, sigma = feature_stats(classifier, real)
-    save_torch(
-        path,
-        {
-            "state_dict": classifier.state_dict(),
-            "config": classifier.config(),
-            "accuracy": accuracy,
-            "mu": torch.from_numpy(mu),
-            "sigma": torch.from_numpy(sigma),
-        },
-    )
-    return Reference(classifier, mu, sigma, accuracy)
-
-
-def load_reference(path: Path) -> Reference:
-    saved = load_torch(path, "domain classifier")
-    classifier = classifier_from_config(saved["config"])
-    classifier.load_state_dict(saved["state_dict"])
-    classifier.eval()
-    return Reference(classifier, saved["mu"].numpy(), saved["sigma"].numpy(), float(saved["accuracy"]))
-
-
-def build_scorer(dataset: str, real: Dataset, reference_path: Path) -> Scorer:
-    """samples -> metrics during training: {"fid"} (domain FID against the held-out split's statistics) for
-    images, {"modes", "hq_frac", "spread"} for 2-D mixtures."""
-    if not real.is_image:
-        centres, std = mode_centres(dataset)
-        return lambda x: mode_coverage(x.numpy(), centres, std)
-    reference = load_reference(reference_path)
-
-    def score(x: Tensor) -> dict[str, float]:
-        mu, sigma = feature_stats(reference.classifier, x)
-        return {"fid": frechet_distance(mu, sigma, reference.mu, reference.sigma)}
-
-    return score
 
 
 def primary_metric(is_image: bool) -> tuple[str, bool]:

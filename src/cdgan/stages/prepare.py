@@ -9,9 +9,9 @@ import torch
 
 from cdgan.classifier import StackedClassifier, classifier_accuracy, fit_classifier
 from cdgan.data import STACKED_BASE, build_splits, save_dataset
-from cdgan.evaluation import save_reference
 from cdgan.files import write_json
 from cdgan.params import Params, Paths
+from cdgan.reference import save_reference
 from cdgan.stages.edge import run_stage
 
 

@@ -17,10 +17,10 @@ from cdgan import distributed, tracking
 from cdgan.data import Dataset, RealData, device_or_stream, load_dataset
 from cdgan.devices import resolve_device
 from cdgan.errors import CdganError
-from cdgan.evaluation import build_scorer
 from cdgan.files import save_torch, sha256_file, write_json
 from cdgan.models import EnergyNet, Generator
 from cdgan.params import Params, Paths
+from cdgan.reference import build_scorer
 from cdgan.report import write_csv
 from cdgan.sampler import draw_samples
 from cdgan.stages.edge import run_stage
