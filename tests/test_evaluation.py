@@ -3,8 +3,10 @@ extractors' errors, and `cdgan evaluate` (with --model-uri) on a tiny trained pr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from cdgan import registry
 from cdgan.classifier import Classifier
 from cdgan.cli import main
 from cdgan.data import Dataset, build_dataset, load_dataset
@@ -29,7 +32,7 @@ from cdgan.metrics import density_coverage, frechet_distance, precision_recall
 from cdgan.models import EnergyNet, Generator, build_models
 from cdgan.params import DataParams, EvaluateParams, ModelParams, Params, Paths, SampleParams, parse_params
 from cdgan.reference import load_reference, save_reference
-from cdgan.stages.evaluate import evaluate
+from cdgan.stages.evaluate import evaluate, scale_hashes
 from cdgan.stages.prepare import prepare
 from cdgan.stages.register import register
 from cdgan.stages.train import train
@@ -389,6 +392,60 @@ def test_evaluate_model_uri_refuses_to_touch_dvc_outputs(
 def test_evaluate_metrics_are_checked_when_params_load(metrics: list[str], message: str) -> None:
     with pytest.raises(CdganError, match=message):
         parse_params({"evaluate": {"metrics": metrics}})
+
+
+def test_scale_hashes_are_those_of_the_files_behind_each_extractor(tmp_path: Path) -> None:
+    # given a prepared folder of three distinct files and an Inception weights file
+    paths = Paths(tmp_path)
+    paths.prepared.mkdir(parents=True)
+    weights = tmp_path / "inception.pth"
+    for i, path in enumerate((paths.dataset, paths.heldout, paths.classifier, weights)):
+        path.write_bytes(bytes([i]) * 10)
+
+    def sha(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    # when each extractor's hashes are taken
+    domain = scale_hashes("domain", EvaluateParams(), paths)
+    inception = scale_hashes(
+        "inception", EvaluateParams(feature_extractor="inception", inception_weights=str(weights)), paths
+    )
+    points = scale_hashes("none", EvaluateParams(), paths)
+
+    # then the real side is the held-out split, the network the classifier file or the weights, and 2-D data,
+    # scored against fresh draws of the true mixture with no network, has neither
+    assert domain == {"data_sha256": sha(paths.dataset), "reference_sha256": sha(paths.heldout),
+                      "features_sha256": sha(paths.classifier)}  # fmt: skip
+    assert inception == domain | {"features_sha256": sha(weights)}
+    assert points == {"data_sha256": sha(paths.dataset), "reference_sha256": "none", "features_sha256": "none"}
+
+
+def test_eval_json_and_the_version_carry_the_terms_the_champion_gate_compares(project: Paths) -> None:
+    # given the project's evaluation and the version registered from it (the fixture ran both)
+    evaluation = json.loads(project.eval_metrics.read_text())
+    tags = MlflowClient().get_model_version("cdgan-evaluate-test", "1").tags
+
+    # then eval.json records each term from its source, and the version holds them as the gate's tags
+    assert (evaluation["n_samples"], evaluation["seed"]) == (200, 0)
+    assert evaluation["features_sha256"] == hashlib.sha256(project.classifier.read_bytes()).hexdigest()
+    assert evaluation["reference_sha256"] == hashlib.sha256(project.heldout.read_bytes()).hexdigest()
+    assert evaluation["data_sha256"] == hashlib.sha256(project.dataset.read_bytes()).hexdigest()
+    assert {key: tags[key] for key in registry.SCALE_KEYS} == {key: str(evaluation[key]) for key in registry.SCALE_KEYS}
+
+
+def test_register_refuses_an_evaluation_without_the_gate_terms(project: Paths, tmp_path: Path) -> None:
+    # given a copy of the project whose eval.json was written before the seed was recorded
+    paths = Paths(shutil.copytree(project.root, tmp_path / "project"))
+    evaluation = json.loads(paths.eval_metrics.read_text())
+    del evaluation["seed"]
+    paths.eval_metrics.write_text(json.dumps(evaluation))
+    versions = len(MlflowClient().search_model_versions("name = 'cdgan-evaluate-test'"))
+
+    # when / then register names the missing term and the fix, and registers nothing
+    params = parse_params(json.loads((paths.root / "params.yaml").read_text()))
+    with pytest.raises(CdganError, match=r"eval\.json: lacks \['seed'\].*rerun evaluate"):
+        register(params, paths)
+    assert len(MlflowClient().search_model_versions("name = 'cdgan-evaluate-test'")) == versions
 
 
 def test_class_coverage_counts_modes_and_kl_to_uniform() -> None:

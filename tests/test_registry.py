@@ -23,7 +23,12 @@ from cdgan.params import ModelParams, Params, Paths, RegisterParams, SampleParam
 from cdgan.stages.sample import sample
 from tests.conftest import REPO, run
 
-COMPARABLE = {"dataset": "grid25", "feature_extractor": "none"}
+# the gate's terms (registry.SCALE_KEYS) as the register stage reads them from metrics/eval.json
+COMPARABLE = {"dataset": "digits", "data_sha256": "d474", "feature_extractor": "domain", "features_sha256": "fea7",
+              "reference_sha256": "4e1d", "n_samples": "2000", "seed": "0"}  # fmt: skip
+# a value of each term that another evaluation would have recorded
+OTHER_TERMS = {"dataset": "mnist10k", "data_sha256": "0d47", "feature_extractor": "inception",
+               "features_sha256": "7ea7", "reference_sha256": "d1e4", "n_samples": "10000", "seed": "1"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +75,11 @@ def test_first_version_is_champion_a_worse_one_is_not_a_better_one_is(sampler_ur
     assert reason == worse.reason, "the reason is stored as a tag"
 
 
-# One registration in a fresh process: model URI, name and `modes` value from argv.
+# One registration in a fresh process: model URI, name, `modes` value and the gate's terms (JSON) from argv.
 _REGISTER = """
-import sys
+import json, sys
 from cdgan import registry
-uri, name, modes = sys.argv[1], sys.argv[2], float(sys.argv[3])
-comparable = {"dataset": "grid25", "feature_extractor": "none"}
+uri, name, modes, comparable = sys.argv[1], sys.argv[2], float(sys.argv[3]), json.loads(sys.argv[4])
 reg = registry.register_version(uri, name, "modes", modes, False, comparable, 0.0)
 print(reg.version, reg.alias)
 """
@@ -91,7 +95,7 @@ def test_concurrent_registrations_take_turns_on_the_alias_and_the_better_one_win
     with store.store_lock(mlflow_uri, f"alias-{name}"):
         procs = {
             modes: subprocess.Popen(
-                [sys.executable, "-c", _REGISTER, sampler_uri, name, str(modes)],
+                [sys.executable, "-c", _REGISTER, sampler_uri, name, str(modes), json.dumps(COMPARABLE)],
                 cwd=REPO,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -164,7 +168,7 @@ def test_a_champion_without_the_metric_is_not_compared_and_keeps_the_alias(sampl
 def test_mismatched_dataset_is_refused_and_force_overrides(sampler_uri: str) -> None:
     name = f"mismatch-{uuid.uuid4().hex[:8]}"
     _register(sampler_uri, name, 10)
-    other = _register(sampler_uri, name, 25, {"dataset": "ring8", "feature_extractor": "none"})
+    other = _register(sampler_uri, name, 25, COMPARABLE | {"dataset": "ring8"})
     assert other.alias == "challenger" and "not comparable" in other.reason
     forced = _register(sampler_uri, name, 1, force=True)
     assert forced.alias == "champion" and forced.reason.startswith("forced")
@@ -177,12 +181,38 @@ def test_mismatched_dataset_is_refused_and_force_overrides(sampler_uri: str) -> 
 
 def test_version_carries_the_given_tags_and_the_gate_terms(sampler_uri: str) -> None:
     name = f"tags-{uuid.uuid4().hex[:8]}"
-    reg = _register(sampler_uri, name, 12, tags={"git_commit": "abc", "data_sha256": "f00"})
+    reg = _register(sampler_uri, name, 12, tags={"git_commit": "abc", "n_samples": "2000.0"})
     tags = MlflowClient().get_model_version(name, str(reg.version)).tags
-    assert {k: tags[k] for k in ("git_commit", "data_sha256", "dataset", "metric", "modes", "forced")} == {
-        "git_commit": "abc", "data_sha256": "f00", "dataset": "grid25", "metric": "modes", "modes": "12",
-        "forced": "false",
-    }  # fmt: skip
+    own = {"git_commit": "abc", "metric": "modes", "modes": "12", "forced": "false"}
+    assert {k: tags[k] for k in [*own, *COMPARABLE]} == own | COMPARABLE, "the gate's terms win over a given tag"
+
+
+@pytest.mark.parametrize("key", list(OTHER_TERMS))
+def test_a_better_version_measured_on_other_terms_is_not_ranked_against_the_champion(
+    sampler_uri: str, key: str
+) -> None:
+    # given a champion with modes 10, measured on COMPARABLE's terms
+    name = f"scale-{key.replace('_', '-')}-{uuid.uuid4().hex[:8]}"
+    first = _register(sampler_uri, name, 10)
+
+    # when a version with modes 25 is registered whose evaluation differs in `key` alone (for n_samples: scored on
+    # 10,000 samples against the champion's 2,000, which alone lowers FID)
+    other = _register(sampler_uri, name, 25, COMPARABLE | {key: OTHER_TERMS[key]})
+
+    # then it is a challenger whose reason names that term with both values, and the champion stays
+    assert other.alias == "challenger", other
+    mismatch = {key: (COMPARABLE[key], OTHER_TERMS[key])}
+    assert other.reason == f"not comparable with champion v{first.version}: {mismatch}"
+    assert _champion(name) == first.version
+
+    # and the same value measured on the champion's terms takes the alias
+    assert _register(sampler_uri, name, 25).alias == "champion"
+
+
+def test_the_gate_compares_every_term_that_sets_the_scale_of_the_metric() -> None:
+    # the register stage compares on registry.SCALE_KEYS; the test above checks each of OTHER_TERMS, so a term
+    # added there without a test, or one dropped, fails here
+    assert sorted(registry.SCALE_KEYS) == sorted(OTHER_TERMS)
 
 
 def test_png_format_is_refused_for_points_and_unknown_formats(sampler_uri: str) -> None:
@@ -232,6 +262,12 @@ def test_registered_version_carries_lineage_metrics_params_and_picture(
     assert tags["data_sha256"] == hashlib.sha256(dvc_paths.dataset.read_bytes()).hexdigest()
     assert tags["mlflow_run_id"] == run_id and tags["forced"] == "false"
     assert float(tags["fid"]) == evaluation["fid"] and tags["metric"] == "fid"
+
+    # and the gate's terms are the evaluation's: its params and the hashes of the files behind the figures
+    assert {key: tags[key] for key in registry.SCALE_KEYS} == {key: str(evaluation[key]) for key in registry.SCALE_KEYS}
+    assert (tags["n_samples"], tags["seed"], tags["feature_extractor"]) == ("200", "0", "domain")
+    assert tags["features_sha256"] == hashlib.sha256(dvc_paths.classifier.read_bytes()).hexdigest()
+    assert tags["reference_sha256"] == hashlib.sha256(dvc_paths.heldout.read_bytes()).hexdigest()
 
     # and the run leads back to the version, with the same lineage
     run_tags = client.get_run(run_id).data.tags

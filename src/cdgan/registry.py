@@ -29,6 +29,13 @@ from cdgan.sampler import draw_samples
 from cdgan.store import retried, store_lock
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+# What sets the scale of the ranking metric, as metrics/eval.json records it: a version is ranked against the
+# champion only when all of them agree. FID's bias falls with the sample count and moves with the seed; the real
+# side (the held-out split), the feature network (`data.classifier_epochs` retrains it) and the training split
+# (what the model learnt, and the floors) each change what a figure means. data_sha256, features_sha256 and
+# reference_sha256 are file hashes (the evaluate stage's `scale_hashes`); n_samples and seed are
+# `evaluate.n_samples` and `evaluate.seed`.
+SCALE_KEYS = ("dataset", "data_sha256", "feature_extractor", "features_sha256", "reference_sha256", "n_samples", "seed")
 FORMATS = ("array", "png")  # the Sampler's predict param `format`
 _DECIDE_TRIES = 3  # decisions retaken when a writer on another machine moves the champion under ours
 
@@ -208,8 +215,8 @@ def register_version(
     tags: dict[str, str] | None = None,
 ) -> Registration:
     """Register a new version; it becomes `champion` only if it beats the champion by more than
-    `min_improvement` on `metric`, measured on the same `comparable` terms (data set and its hash, feature
-    extractor), or if `force`; otherwise `challenger`. The reason is the version tag `alias_reason`.
+    `min_improvement` on `metric`, measured on the same `comparable` terms (the register stage gives one value
+    for each of SCALE_KEYS), or if `force`; otherwise `challenger`. The reason is the version tag `alias_reason`.
 
     `tags` (lineage, evaluation metrics), `comparable`, `metric` and `forced` ("true" / "false") are set on
     the version before the alias moves, so the next registration can compare against it. Store calls are

@@ -14,9 +14,9 @@ from cdgan import tracking
 from cdgan.data import load_dataset, mode_centres
 from cdgan.devices import resolve_device
 from cdgan.evaluation import build_suite, reference_points, score_model
-from cdgan.files import read_json, write_json
+from cdgan.files import read_json, sha256_file, write_json
 from cdgan.models import EnergyNet, Generator
-from cdgan.params import Params, Paths, SampleParams
+from cdgan.params import EvaluateParams, Params, Paths, SampleParams
 from cdgan.pictures import save_samples_png
 from cdgan.stages.edge import run_stage
 from cdgan.stages.trained import load_trained, loss_label
@@ -38,7 +38,8 @@ class EvaluateResult:
 @dataclass(frozen=True)
 class Scores:
     metrics: dict[str, float]  # the sampler's figures and their reference points
-    info: dict[str, Any]  # what they were measured on: data set, feature extractor, sample count, sample space
+    info: dict[str, Any]  # what they were measured on: data set, feature extractor, sample count and seed, the
+    # hashes of the files behind the figures (scale_hashes), sample space
     preview: Tensor  # samples for the picture
 
 
@@ -53,8 +54,24 @@ def score(params: Params, paths: Paths, networks: Callable[[tuple[int, ...]], Ne
     evaluation = score_model(suite, generator.to(device), energy.to(device), sampling)
     metrics = evaluation.metrics | reference_points(suite, train_split, heldout)
     info = {"dataset": params.data.dataset, "feature_extractor": suite.feature_extractor, "n_samples": ev.n_samples,
-            "sample_space": sampling.space}  # fmt: skip
-    return Scores(metrics, info, evaluation.preview)
+            "seed": ev.seed, "sample_space": sampling.space}  # fmt: skip
+    return Scores(metrics, info | scale_hashes(suite.feature_extractor, ev, paths), evaluation.preview)
+
+
+def scale_hashes(feature_extractor: str, ev: EvaluateParams, paths: Paths) -> dict[str, str]:
+    """The sha256 of each file that sets the scale of the figures, for the champion gate (registry.SCALE_KEYS).
+
+    `data_sha256`: the training split, which the floors and the mixture baseline are drawn from.
+    `reference_sha256`: the held-out split, the real side of every image metric. `features_sha256`: the feature
+    network, the domain classifier's file (its weights and the held-out statistics `prepare` took with it) or
+    Inception's weights file. 2-D mixtures are scored against fresh draws of the true mixture, with no network:
+    both "none".
+    """
+    hashes = {"data_sha256": sha256_file(paths.dataset)}
+    if feature_extractor == "none":
+        return hashes | {"reference_sha256": "none", "features_sha256": "none"}
+    network = paths.classifier if feature_extractor == "domain" else Path(ev.inception_weights)  # as build_suite
+    return hashes | {"reference_sha256": sha256_file(paths.heldout), "features_sha256": sha256_file(network)}
 
 
 def evaluate(params: Params, paths: Paths) -> EvaluateResult:

@@ -11,7 +11,7 @@ from cdgan import registry, tracking
 from cdgan.data import load_dataset
 from cdgan.errors import CdganError
 from cdgan.evaluation import primary_metric
-from cdgan.files import read_json, sha256_file, write_json
+from cdgan.files import read_json, write_json
 from cdgan.params import Params, Paths
 from cdgan.stages.edge import run_stage
 from cdgan.stages.trained import load_trained
@@ -29,16 +29,23 @@ class RegisterResult:
 
 def register(params: Params, paths: Paths, force: bool = False) -> RegisterResult:
     """Log the sampler into the training run and register a version of `register.model_name`, gated by
-    `registry.register_version` on the evaluation's primary metric, data set, data hash and feature extractor.
+    `registry.register_version` on the evaluation's primary metric, compared only with a champion measured on
+    the same terms: registry.SCALE_KEYS, as metrics/eval.json records them.
 
     The version is tagged with the lineage (git_commit, git_dirty, dvc_lock_sha256, data_sha256: the
-    sha256 of data/prepared/dataset.npz, mlflow_run_id), every number in metrics/eval.json and `forced`;
+    sha256 of data/prepared/dataset.npz, mlflow_run_id), every number in metrics/eval.json, the gate's terms
+    and `forced`;
     its model holds the params (MLmodel metadata) and the sample grid. The version exists only from here
     on, so it goes back into the run as tags model_name, model_version, model_alias and into
     metrics/register.json, not into metrics/eval.json.
     """
     run_id = read_json(paths.train_metrics)["mlflow_run_id"]
     evaluation = read_json(paths.eval_metrics)
+    missing = [key for key in registry.SCALE_KEYS if key not in evaluation]
+    if missing:
+        raise CdganError(
+            f"{paths.eval_metrics}: lacks {missing}, the terms the champion gate compares; rerun evaluate (dvc repro)"
+        )
     picture = paths.eval_plots / "samples.png"
     if not picture.exists():
         raise CdganError(f"{picture}: not found; run the evaluate stage first (dvc repro)")
@@ -46,8 +53,7 @@ def register(params: Params, paths: Paths, force: bool = False) -> RegisterResul
     real_shape = load_dataset(paths.dataset).shape
     generator, energy = load_trained(params, paths, real_shape)
     sampling = params.sample
-    comparable = {"dataset": evaluation["dataset"], "feature_extractor": evaluation["feature_extractor"],
-                  "data_sha256": sha256_file(paths.dataset)}  # fmt: skip
+    comparable = {key: str(evaluation[key]) for key in registry.SCALE_KEYS}
     numbers = {key: float(value) for key, value in evaluation.items() if type(value) in (int, float)}
     name = params.register.model_name
     with tempfile.TemporaryDirectory() as tmp, tracking.tracked_run(params, paths, run_id):
