@@ -17,7 +17,8 @@ from benchmarks.stats import ratio_interval, rounded_interval
 from benchmarks.timing import REPO, Timing, interleaved, median, note, timed
 
 from cdgan.data import build_dataset
-from cdgan.params import Params, load_params, load_preset
+from cdgan.params import Params, load_params
+from cdgan.presets import load_preset
 from cdgan.train import fit, init_state
 
 PRESETS = {"digits": None, "mnist10k": "mnist10k.yaml", "stacked-mnist": "stacked-mnist.yaml"}

@@ -21,7 +21,8 @@ from benchmarks.timing import REPO, note
 
 from cdgan import train as train_module
 from cdgan.data import build_dataset
-from cdgan.params import Params, parse_params, read_preset
+from cdgan.params import Params, parse_params
+from cdgan.presets import read_preset
 from cdgan.train import fit, init_state
 
 # each read on top of params.yaml: a preset holds only the keys it changes

@@ -44,7 +44,8 @@ from benchmarks.timing import REPO, environ, note
 
 from cdgan.data import load_dataset
 from cdgan.evaluation import build_suite, reference_points
-from cdgan.params import Params, Paths, parse_params, read_preset
+from cdgan.params import Params, Paths, parse_params
+from cdgan.presets import read_preset
 from cdgan.reference import build_scorer
 from cdgan.sampler import draw_samples
 from cdgan.stages import train as train_stage

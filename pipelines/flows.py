@@ -30,7 +30,8 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from cdgan import tracking
 from cdgan.errors import CdganError
 from cdgan.files import read_json, write_atomic
-from cdgan.params import Params, Paths, apply_preset, overlay_params, parse_params, read_params_yaml
+from cdgan.params import Params, Paths, parse_params, read_params_yaml
+from cdgan.presets import apply_preset, overlay_params
 from cdgan.report import summarize, to_markdown, write_csv
 
 STAGES = ("prepare", "train", "evaluate", "register")  # dvc.yaml order; tests/pipelines/test_flows.py compares them

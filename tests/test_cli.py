@@ -17,7 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from cdgan.cli import main
 from cdgan.files import load_torch
-from cdgan.params import Paths, TrainParams, load_params, load_preset, parse_params
+from cdgan.params import Paths, TrainParams, load_params, parse_params
+from cdgan.presets import load_preset
 from tests.conftest import BIN, REPO, default_sigint, run, tiny_raw
 
 

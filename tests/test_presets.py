@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from cdgan.errors import CdganError
-from cdgan.params import apply_preset, load_params, load_preset, overlay_params, read_preset
+from cdgan.params import load_params
+from cdgan.presets import apply_preset, load_preset, overlay_params, read_preset
 
 REPO = Path(__file__).resolve().parents[1]
 # every params preset in presets/, new ones included; tune-*.yaml are cdgan-tune search spaces, not params

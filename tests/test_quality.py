@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cdgan.params import Params, Paths, parse_params, read_preset
+from cdgan.params import Params, Paths, parse_params
+from cdgan.presets import read_preset
 from cdgan.stages.evaluate import evaluate
 from cdgan.stages.prepare import prepare
 from cdgan.stages.train import train

@@ -16,7 +16,8 @@ import typer
 import yaml
 
 from cdgan.errors import CdganError
-from cdgan.params import Paths, apply_preset, load_params, load_preset
+from cdgan.params import Paths, load_params
+from cdgan.presets import apply_preset, load_preset
 from cdgan.stages.edge import PARAMS_FILE, console, guarded, report
 
 app = typer.Typer(

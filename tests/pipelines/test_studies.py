@@ -8,7 +8,8 @@ from pathlib import Path
 import optuna
 import yaml
 
-from cdgan.params import load_params, load_preset, parse_params, read_params_yaml
+from cdgan.params import load_params, parse_params, read_params_yaml
+from cdgan.presets import load_preset
 from pipelines import studies
 from tests.conftest import REPO
 

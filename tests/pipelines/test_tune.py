@@ -22,7 +22,8 @@ from optuna.trial import TrialState
 from prefect.flows import load_flow_from_entrypoint
 
 from cdgan.errors import CdganError
-from cdgan.params import load_preset, read_params_yaml
+from cdgan.params import read_params_yaml
+from cdgan.presets import load_preset
 from pipelines import studies, tune
 from tests.conftest import REPO, make_project, tiny_raw
 
