@@ -74,13 +74,15 @@ def _conv_pair(params: ModelParams, channels: int, side: int) -> tuple[nn.Module
         nn.BatchNorm2d(top),
         nn.ReLU(),
     ]
+    e_width = params.energy_channels or params.channels
+    # built in this order (E's first layer before G's blocks) so that a seed gives the weights it always gave
+    e_layers: list[nn.Module] = [_sn(nn.Conv2d(channels, e_width, 3, 1, 1), params.spectral_norm), nn.SiLU()]
     width = top
     for _ in range(n_up):
         g_layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1), nn.BatchNorm2d(width // 2), nn.ReLU()]
         width //= 2  # spatial side doubles
     g_layers += [nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh()]  # (B, C, side, side) in [-1, 1]
-    width = params.energy_channels or params.channels
-    e_layers: list[nn.Module] = [_sn(nn.Conv2d(channels, width, 3, 1, 1), params.spectral_norm), nn.SiLU()]
+    width = e_width
     for _ in range(n_up):
         e_layers += [_sn(nn.Conv2d(width, width * 2, 4, 2, 1), params.spectral_norm), nn.SiLU()]
         width *= 2  # spatial side halves
