@@ -100,3 +100,24 @@ def test_prepare_depends_on_the_embedded_mnist_file() -> None:
     dep = mnist10k.PATH.relative_to(REPO).as_posix()
     assert dep in STAGES["prepare"]["deps"], f"dvc.yaml: prepare: add dep {dep}"
     assert all(dep not in stage.get("deps", []) for name, stage in STAGES.items() if name != "prepare")
+
+
+def test_the_committed_dvc_lock_was_made_from_the_committed_params() -> None:
+    # given the committed params.yaml and dvc.lock (metrics/ and plots/ beside them come from the same run)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+
+    def value(dotted: str) -> object:
+        node = params
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+
+    # then every param each stage recorded equals params.yaml's: rerun `make run` and commit its outputs if not
+    stale = {
+        f"{stage}: {key}"
+        for stage, entry in lock.items()
+        for key, recorded in entry.get("params", {}).get("params.yaml", {}).items()
+        if recorded != value(key)
+    }
+    assert not stale, f"dvc.lock was made from other params: {sorted(stale)}; run `make run` and commit dvc.lock"
