@@ -157,7 +157,11 @@ def build_dataset(params: DataParams) -> Dataset:
         ds = _folder(params)
     else:
         ds = _torchvision(params)
-    return Dataset(_to_side(ds.x, params.image_size).astype(np.float32), ds.y)
+    return _at_side(ds, params.image_size)
+
+
+def _at_side(ds: Dataset, side: int) -> Dataset:
+    return Dataset(_to_side(ds.x, side).astype(np.float32), ds.y)
 
 
 def _base(dataset: str) -> Dataset:
@@ -186,10 +190,7 @@ def build_splits(params: DataParams) -> Splits:
     """
     if params.dataset not in STACKED_BASE:
         return _split(build_dataset(params), params.heldout_frac, params.seed)
-    base = _base(STACKED_BASE[params.dataset])
-    digits = _split(
-        Dataset(_to_side(base.x, params.image_size).astype(np.float32), base.y), params.heldout_frac, params.seed
-    )
+    digits = _split(_at_side(_base(STACKED_BASE[params.dataset]), params.image_size), params.heldout_frac, params.seed)
     rng = np.random.default_rng(params.seed)
     if params.dataset == "stacked-digits":
         n_heldout = round(N_STACKED * params.heldout_frac)

