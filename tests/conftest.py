@@ -83,6 +83,27 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def wait_for_checkpoint(proc: subprocess.Popen, resume_dir: Path, seconds: float = 120) -> Path:
+    """Block until the training `proc` has written its first resume checkpoint into `resume_dir` and return it;
+    fails the test setup when the process ends first or no checkpoint comes within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not any(resume_dir.glob("*.pt")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "test setup: training ended before its first checkpoint: raise train.steps"
+    checkpoints = sorted(resume_dir.glob("*.pt"))
+    assert checkpoints, f"test setup: no checkpoint within {seconds} s"
+    return checkpoints[0]
+
+
+def assert_same_weights(a: Path | dict[str, torch.Tensor], b: Path | dict[str, torch.Tensor], what: str = "") -> None:
+    """The two state dicts (or the files holding them) hold the same keys and bitwise the same tensors."""
+    sa = torch.load(a, weights_only=True) if isinstance(a, Path) else a
+    sb = torch.load(b, weights_only=True) if isinstance(b, Path) else b
+    assert sa.keys() == sb.keys(), f"{what}: different keys"
+    differ = [k for k in sa if not torch.equal(sa[k], sb[k])]
+    assert not differ, f"{what or a}: {differ} differ"
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)

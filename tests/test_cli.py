@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from cdgan.cli import main
 from cdgan.files import load_torch
 from cdgan.params import Paths, TrainParams, load_params, parse_params
 from cdgan.presets import load_preset
-from tests.conftest import BIN, REPO, default_sigint, run, tiny_raw
+from tests.conftest import BIN, REPO, default_sigint, run, tiny_raw, wait_for_checkpoint
 
 
 @pytest.mark.parametrize("command", ["prepare", "train", "evaluate", "register", "sample"])
@@ -195,28 +194,37 @@ def test_installed_console_script_runs(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "absent.yaml" in bad.stderr
 
 
-def test_ctrl_c_exits_130_with_one_line_and_keeps_the_checkpoint(tmp_path: Path, spawn: Callable) -> None:
-    # given a real `cdgan train` with many steps, past its first resume checkpoint
-    raw = tiny_raw(data={"dataset": "grid25", "n_points": 500}, train={"steps": 100_000, "checkpoint_every": 5})
+def test_ctrl_c_exits_130_ends_the_run_failed_and_the_rerun_resumes(tmp_path: Path, spawn: Callable) -> None:
+    # given a real `cdgan train` on its own SQLite store, past its first resume checkpoint
+    raw = tiny_raw(
+        data={"dataset": "grid25", "n_points": 500},
+        train={"steps": 600, "checkpoint_every": 5, "log_every": 100, "eval_every": 0},
+    )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": uri}
     run(["cdgan", "prepare"], tmp_path)
     train = spawn(
         ["cdgan", "train"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
     )
-    deadline = time.monotonic() + 120
-    while not any(Paths(tmp_path).resume.glob("*.pt")) and train.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert train.poll() is None, "test setup: training ended before its first checkpoint"
+    wait_for_checkpoint(train, Paths(tmp_path).resume, seconds=300)
 
     # when the user presses Ctrl-C
     train.send_signal(signal.SIGINT)
     _, err = train.communicate(timeout=60)
 
-    # then: exit 130, one line saying so, and the checkpoint to resume from is still there
+    # then: exit 130, one line saying so, the checkpoint to resume from kept, and the MLflow run ended FAILED
     assert train.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("cdgan: interrupted"), err
-    assert any(Paths(tmp_path).resume.glob("*.pt"))
+    (checkpoint,) = Paths(tmp_path).resume.glob("*.pt")
+    run_id = load_torch(checkpoint)["meta"]["mlflow_run_id"]
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "FAILED"
+
+    # and a rerun resumes from the checkpoint, continuing that run to its end
+    run(["cdgan", "train"], tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    assert json.loads((tmp_path / "metrics" / "train.json").read_text())["mlflow_run_id"] == run_id
+    assert client.get_run(run_id).info.status == "FINISHED"
 
 
 def test_sigterm_exits_143_ends_the_run_killed_and_the_rerun_resumes(tmp_path: Path, spawn: Callable) -> None:
@@ -231,11 +239,7 @@ def test_sigterm_exits_143_ends_the_run_killed_and_the_rerun_resumes(tmp_path: P
     run(["cdgan", "prepare"], tmp_path)
     train = spawn(["cdgan", "train"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     resume_dir = Paths(tmp_path).resume
-    deadline = time.monotonic() + 300  # imports and store creation take minutes on a busy 2-core machine
-    while not any(resume_dir.glob("*.pt")) and train.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert train.poll() is None, "test setup: training ended before its first checkpoint"
-    assert any(resume_dir.glob("*.pt")), "test setup: no checkpoint within 300 s"
+    wait_for_checkpoint(train, resume_dir, seconds=300)  # imports and store creation: minutes on a busy machine
 
     # when it is sent SIGTERM, as Prefect, `kill` or `systemctl stop` do
     train.send_signal(signal.SIGTERM)

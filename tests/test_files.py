@@ -9,7 +9,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import yaml
 from cdgan.errors import CdganError
 from cdgan.files import load_torch, read_json, save_torch, write_atomic, write_json
 from cdgan.params import Paths
-from tests.conftest import BIN, REPO, default_sigint, run, tiny_raw
+from tests.conftest import BIN, REPO, default_sigint, run, tiny_raw, wait_for_checkpoint
 
 
 class _WriterError(RuntimeError):
@@ -245,10 +244,7 @@ def test_cdgan_train_on_a_full_disk_keeps_the_last_checkpoint_and_exits_with_one
     env_path = {**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     first = spawn(["cdgan", "train"], cwd=project, env=env_path, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, preexec_fn=default_sigint)  # fmt: skip
-    deadline = time.monotonic() + 180
-    while not any(resume.glob("*.pt")) and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert first.poll() is None, "test setup: training ended before its first checkpoint"
+    wait_for_checkpoint(first, resume, seconds=180)
     first.send_signal(signal.SIGINT)  # Ctrl-C: the atomic write it may be in removes its temp file
     first.wait(60)
     (checkpoint,) = resume.glob("*.pt")

@@ -8,6 +8,7 @@ from torch.nn.utils import parametrize
 
 from cdgan.models import EnergyNet, Generator, build_models
 from cdgan.params import PIXEL_RANGE, ModelParams
+from tests.conftest import assert_same_weights
 
 SMALL = ModelParams(z_dim=4, hidden=8, channels=4)
 
@@ -105,8 +106,7 @@ def test_build_models_is_seeded_by_torch_rng() -> None:
     a, _ = build_models(SMALL, (2,))
     torch.manual_seed(5)
     b, _ = build_models(SMALL, (2,))
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-        assert torch.equal(pa, pb), name
+    assert_same_weights(a.state_dict(), b.state_dict(), "generator")
 
 
 def test_sample_z_uses_given_generator() -> None:

@@ -7,12 +7,10 @@ import importlib
 import json
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -22,7 +20,7 @@ from cdgan.params import Paths, parse_params
 from cdgan.stages.edge import INTERRUPTED, TERMINATED, guarded
 from cdgan.stages.prepare import prepare
 from cdgan.stages.train import train
-from tests.conftest import BIN, run, tiny_raw
+from tests.conftest import BIN, assert_same_weights, run, tiny_raw, wait_for_checkpoint
 
 KILLABLE = {
     "data": {"dataset": "grid25", "n_points": 2000},
@@ -46,9 +44,7 @@ def test_killed_training_resumes_to_bitwise_identical_weights(tmp_path: Path, ml
     resumed = _project(tmp_path / "resumed", **KILLABLE)
     proc = subprocess.Popen([BIN / "cdgan", "train"], cwd=resumed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     resume_dir = Paths(resumed).resume
-    deadline = time.monotonic() + 120
-    while not any(resume_dir.glob("*.pt")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_checkpoint(proc, resume_dir)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed: raise steps"
@@ -66,10 +62,7 @@ def test_killed_training_resumes_to_bitwise_identical_weights(tmp_path: Path, ml
     logged_steps = {m.step for m in client.get_metric_history(run_id, "loss_e")}
     assert logged_steps == set(range(100, 601, 100)), "the continued run holds the loss of every logged step"
     for name in ("generator.pt", "energy.pt"):
-        a = torch.load(straight / "models" / name, weights_only=True)
-        b = torch.load(resumed / "models" / name, weights_only=True)
-        assert a.keys() == b.keys()
-        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs after resume"
+        assert_same_weights(straight / "models" / name, resumed / "models" / name, f"{name} after resume")
     losses = (resumed / "plots/train/losses.csv").read_text().splitlines()
     steps = KILLABLE["train"]["steps"]
     assert len(losses) == 1 + steps // 100, "loss history from before the kill is kept"

@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID, uuid4
@@ -22,7 +21,7 @@ from prefect.client.schemas.objects import FlowRun, State, StateType
 
 from cdgan.files import load_torch
 from cdgan.params import Paths
-from tests.conftest import REPO, make_project, run, tiny_raw
+from tests.conftest import REPO, make_project, run, tiny_raw, wait_for_checkpoint
 from tests.pipelines.conftest import Server, client_env, stop_group
 
 POOL = "cdgan-local"  # the work pool named in prefect.yaml
@@ -172,10 +171,7 @@ def test_a_cancelled_flow_run_ends_its_mlflow_run_killed_and_a_rerun_resumes(
     try:
         flow_run_id = trigger(deployed, overrides=overrides)
         worker = start_worker(deployed, tmp_path)
-        deadline = time.monotonic() + WORKER_SECONDS
-        while not any(resume_dir.glob("*.pt")) and worker.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert worker.poll() is None and any(resume_dir.glob("*.pt")), (tmp_path / "worker.log").read_text()
+        wait_for_checkpoint(worker, resume_dir, seconds=WORKER_SECONDS)
 
         # when the flow run is cancelled, as `prefect flow-run cancel` or the UI do
         with SyncPrefectClient(deployed.prefect.url) as client:
