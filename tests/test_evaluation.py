@@ -36,6 +36,7 @@ from cdgan.stages.evaluate import evaluate, scale_hashes
 from cdgan.stages.prepare import prepare
 from cdgan.stages.register import register
 from cdgan.stages.train import train
+from cdgan.stages.trained import load_trained
 from tests.conftest import tiny_raw
 
 CPU = torch.device("cpu")
@@ -333,7 +334,7 @@ def test_evaluate_writes_every_asked_metric_to_eval_json_and_mlflow(project: Pat
     evaluation = json.loads(project.eval_metrics.read_text())
     # then
     keys = {"fid", "fid_raw", "kid", "kid_std", "precision", "recall", "density", "coverage", "inception_score"}
-    keys |= {"fid_floor", "fid_gmm", "kl_floor", "modes_floor", "gmm_components"}  # reference points beside them
+    keys |= {"fid_floor", "kid_floor", "fid_gmm", "kl_floor", "modes_floor", "gmm_components"}  # reference points
     assert keys <= set(evaluation), sorted(evaluation)
     assert evaluation["feature_extractor"] == "domain" and evaluation["n_samples"] == 200
     assert evaluation["fid_raw"] != evaluation["fid"], "2 Langevin steps move the samples"
@@ -469,3 +470,26 @@ def test_register_logs_the_evaluation_on_the_logged_model(project: Paths) -> Non
     metrics = {metric.key: metric.value for metric in logged.metrics}
     for key in ("fid", "fid_floor", "fid_gmm", "kl_floor"):
         assert metrics[key] == pytest.approx(evaluation[key]), key
+
+
+def test_kid_separates_a_trained_model_from_an_untrained_one_and_its_floor_is_near_zero(
+    project: Paths, prepared_digits: Paths
+) -> None:
+    # given the fully trained domain classifier of the shipped params, whose unnormalised features are far from
+    # the scale of KID's kernel, and the project's model (a few training steps) beside an untrained one
+    params = parse_params(json.loads((project.root / "params.yaml").read_text()))
+    ev = EvaluateParams(n_samples=300, metrics=("fid", "kid"), kid_subsets=10, kid_subset_size=100)
+    train_split = load_dataset(prepared_digits.dataset)
+    suite = build_suite("digits", load_dataset(prepared_digits.heldout), prepared_digits.classifier, ev, CPU)
+    trained = load_trained(params, project, train_split.shape)
+    torch.manual_seed(1)
+    untrained = [net.eval() for net in build_models(params.model, train_split.shape)]
+
+    # when
+    scores = score_model(suite, *trained, params.sample).metrics
+    kid_untrained = score_model(suite, *untrained, params.sample).metrics["kid"]
+    kid_floor = reference_points(suite, train_split)["kid_floor"]
+
+    # then the training data score near 0, the trained model well above its noise and far below the untrained one
+    assert abs(kid_floor) < 0.1, kid_floor
+    assert kid_floor + 5 * scores["kid_std"] < scores["kid"] < kid_untrained / 4, (kid_floor, scores, kid_untrained)

@@ -22,6 +22,7 @@ from cdgan.metrics import (
     density_coverage,
     frechet_distance,
     kernel_inception_distance,
+    kid_scaled,
     knn_radii,
     mixture_mmd,
     mode_coverage,
@@ -288,6 +289,27 @@ def test_kid_agrees_with_torchmetrics_kid_on_the_same_subsets() -> None:
 def test_kid_subset_larger_than_a_set_is_refused() -> None:
     with pytest.raises(ValueError, match="subset_size 11"):
         kernel_inception_distance(torch.randn(20, 3), torch.randn(10, 3), 2, 11, seed=0)
+
+
+def test_kid_of_scaled_features_does_not_depend_on_their_units() -> None:
+    # given ReLU-like features of two sets, and the same features in other units (x 40 + 3)
+    real, fake = (
+        torch.randn(400, 16, dtype=torch.float64).relu(),
+        (torch.randn(400, 16, dtype=torch.float64) + 0.3).relu(),
+    )
+
+    def kid(real: torch.Tensor, fake: torch.Tensor, is_scaled: bool) -> float:
+        if is_scaled:  # by the statistics of the real set, as evaluation scales the domain classifier's features
+            stats = real.double().mean(0).numpy(), np.cov(real.double().numpy(), rowvar=False)
+            real, fake = kid_scaled(real, *stats), kid_scaled(fake, *stats)
+        return kernel_inception_distance(real, fake, 10, 200, seed=0)[0]
+
+    # then KID of the scaled features is the same in both units, while the raw kernel's grows by orders
+    assert kid(40 * real + 3, 40 * fake + 3, True) == pytest.approx(kid(real, fake, True), rel=1e-9)
+    assert kid(real, fake, True) > 0 and kid(40 * real + 3, 40 * fake + 3, False) > 1e3 * kid(real, fake, False)
+    # and a real example has x.x / d = 1 on average, the scale the kernel (x.y / d + 1)^3 was made for
+    scaled = kid_scaled(real, real.double().mean(0).numpy(), np.cov(real.double().numpy(), rowvar=False))
+    assert float(scaled.square().sum(1).mean() / 16) == pytest.approx(1, rel=1e-2)
 
 
 # --- k-NN precision / recall, density / coverage --------------------------------------------------------------------

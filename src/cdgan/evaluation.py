@@ -37,6 +37,7 @@ from cdgan.metrics import (
     density_coverage,
     frechet_distance,
     kernel_inception_distance,
+    kid_scaled,
     mixture_mmd,
     mode_coverage,
     precision_recall,
@@ -155,20 +156,29 @@ def build_suite(dataset: str, real: Dataset, reference_path: Path, ev: EvaluateP
 
 
 class _ImageScores:
-    """Images folded in a batch at a time: the running statistics of their features (fid) and the classes the
-    extractor predicts for them (modes, kl). Shaped as a torchmetrics metric: `update` per batch, then compute."""
+    """Images folded in a batch at a time: the running statistics of their features (fid), the classes the
+    extractor predicts for them (modes, kl) and the features of the first `keep` images (kid, the k-NN metrics).
+    Shaped as a torchmetrics metric: `update` per batch, then compute."""
 
-    def __init__(self, extractor: FeatureExtractor) -> None:
+    def __init__(self, extractor: FeatureExtractor, keep: int = 0) -> None:
         self.extractor = extractor
         self.stats = FeatureStats(extractor.dim).to(extractor.device)
         self.labels: list[Tensor] = []
+        self.keep = keep
+        self.kept: list[Tensor] = []
 
     def update(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Fold in images x (B, C, H, W); returns their features (B, dim) and logits (B, n_classes)."""
         features, logits = self.extractor(x)
         self.stats.update(features)
         self.labels.append(logits.argmax(1))
+        n_kept = sum(map(len, self.kept))
+        if n_kept < self.keep:
+            self.kept.append(features[: self.keep - n_kept])
         return features, logits
+
+    def kept_features(self) -> Tensor | None:
+        return torch.cat(self.kept) if self.kept else None
 
     def fid(self, real_stats: tuple[np.ndarray, np.ndarray]) -> float:
         return frechet_distance(*self.stats.compute(), *real_stats)
@@ -236,18 +246,15 @@ def score_model(suite: Suite, generator: Generator, energy: EnergyNet | None, sa
         metrics = _mixture_scores(suite, x_out.numpy()) | {f"{k}_raw": v for k, v in raw.items()}
         return Evaluation(metrics, x_out[:PREVIEW])
     extractor, is_refined = suite.extractor, energy is not None and sampling.langevin_steps > 0
-    scores_out, scores_raw = _ImageScores(extractor), _ImageScores(extractor)
+    scores_out, scores_raw = _ImageScores(extractor, _n_real(suite)), _ImageScores(extractor)
     inception_score = InceptionScore(extractor.n_classes).to(extractor.device)
-    kept, preview = [], []
+    preview = []
     for x_raw, x_out in batches:
-        features, logits = scores_out.update(x_out)
+        _, logits = scores_out.update(x_out)
         if is_refined:
             scores_raw.update(x_raw)
         if "inception_score" in ev.metrics:
             inception_score.update(logits)
-        n_kept = sum(map(len, kept))
-        if suite.real_features is not None and n_kept < len(suite.real_features):
-            kept.append(features[: len(suite.real_features) - n_kept])  # as many per side as the real features
         if sum(map(len, preview)) < PREVIEW:
             preview.append(x_out)
     fid = scores_out.fid(suite.real_stats)
@@ -255,9 +262,9 @@ def score_model(suite: Suite, generator: Generator, energy: EnergyNet | None, sa
     if "inception_score" in ev.metrics:
         metrics["inception_score"] = inception_score.compute()
     metrics |= scores_out.class_coverage()
-    real, fake = suite.real_features, torch.cat(kept) if kept else None
+    real, fake = suite.real_features, scores_out.kept_features()
     if "kid" in ev.metrics:
-        kid, kid_std = kernel_inception_distance(real, fake, ev.kid_subsets, ev.kid_subset_size, ev.seed)
+        kid, kid_std = _kid(suite, fake)
         metrics |= {"kid": kid, "kid_std": kid_std}
     if "precision_recall" in ev.metrics:
         metrics |= precision_recall(real, fake, ev.nearest_k)
@@ -268,22 +275,35 @@ def score_model(suite: Suite, generator: Generator, energy: EnergyNet | None, sa
     return Evaluation(metrics, torch.cat(preview)[:PREVIEW])
 
 
+def _n_real(suite: Suite) -> int:
+    """Model samples scored by KID and the k-NN metrics: as many per side as the held-out features."""
+    return 0 if suite.real_features is None else len(suite.real_features)
+
+
+def _kid(suite: Suite, fake: Tensor) -> tuple[float, float]:
+    """KID and its std over subsets of `fake` (n_real, d) against the held-out features: Inception's as they are
+    (KID as published), the domain classifier's through `kid_scaled` by the held-out statistics."""
+    ev, real = suite.ev, suite.real_features
+    if suite.extractor.name == "domain":
+        real, fake = kid_scaled(real, *suite.real_stats), kid_scaled(fake, *suite.real_stats)
+    return kernel_inception_distance(real, fake, ev.kid_subsets, ev.kid_subset_size, ev.seed)
+
+
 def _fresh_mixture(dataset: str, ev: EvaluateParams, stream: int) -> np.ndarray:
     """n_samples new draws of the true 2-D mixture, from their own seed (never the training data's)."""
     return draw_mixture(dataset, ev.n_samples, np.random.default_rng([ev.seed, stream])).x
 
 
-def _scored(suite: Suite, batches: Iterable[np.ndarray]) -> _ImageScores:
+def _scored(suite: Suite, batches: Iterable[np.ndarray], keep: int = 0) -> _ImageScores:
     """Images (B, C, H, W) in [-1, 1], given BATCH at a time, folded in as the model output is."""
-    scores = _ImageScores(suite.extractor)
+    scores = _ImageScores(suite.extractor, keep)
     for x in batches:
         scores.update(torch.from_numpy(x))
     return scores
 
 
-def _fid_and_classes(suite: Suite, batches: Iterable[np.ndarray]) -> dict[str, float]:
-    """fid, modes and kl of images (B, C, H, W) in [-1, 1], given BATCH at a time, scored as the model output is."""
-    scores = _scored(suite, batches)
+def _fid_and_classes(suite: Suite, scores: _ImageScores) -> dict[str, float]:
+    """fid, modes and kl of images folded into `scores`, as the model output's are."""
     return {"fid": scores.fid(suite.real_stats)} | scores.class_coverage()
 
 
@@ -296,11 +316,12 @@ def _draws(x: np.ndarray, n: int, rng: np.random.Generator) -> Iterator[np.ndarr
 def reference_points(suite: Suite, train: Dataset, heldout: Dataset | None = None) -> dict[str, float]:
     """What a reader needs beside the model's figures, at the same sample count and seed.
 
-    `<metric>_floor`: real data scored as the model output is. Images: `fid_floor` from n_samples training
-    images drawn with replacement (never part of the held-out reference), i.e. what a sampler of the training
-    data gets. `modes_floor` and `kl_floor` from n_samples draws of `heldout` where given (evaluate gives it):
-    the classifier never saw those images, as it never sees the model's, so its errors weigh on the floor as on
-    the model (on its own training images it is nearly always right, which would flatter the floor).
+    `<metric>_floor`: real data scored as the model output is. Images: `fid_floor` (and `kid_floor` where kid
+    is asked) from n_samples training images drawn with replacement (never part of the held-out reference),
+    i.e. what a sampler of the training data gets. `modes_floor` and `kl_floor` from n_samples draws of
+    `heldout` where given (evaluate gives it): the classifier never saw those images, as it never sees the
+    model's, so its errors weigh on the floor as on the model (on its own training images it is nearly always
+    right, which would flatter the floor).
     2-D: n_samples fresh draws of the true mixture. Images also get `fid_gmm`, `modes_gmm`, `kl_gmm`:
     Gaussian mixtures with full covariances (scikit-learn) fitted to at most GMM_FIT_ROWS training images,
     in pixel space up to GMM_PCA_DIMS pixels and otherwise in the first GMM_PCA_DIMS principal components
@@ -314,7 +335,10 @@ def reference_points(suite: Suite, train: Dataset, heldout: Dataset | None = Non
     rng = np.random.default_rng([ev.seed, 2])
     if suite.modes is not None:
         return {f"{k}_floor": v for k, v in _mixture_scores(suite, suite.truth_twin).items()}
-    floor = _fid_and_classes(suite, _draws(train.x, ev.n_samples, rng))
+    drawn = _scored(suite, _draws(train.x, ev.n_samples, rng), _n_real(suite))
+    floor = _fid_and_classes(suite, drawn)
+    if "kid" in ev.metrics:
+        floor["kid"] = _kid(suite, drawn.kept_features())[0]
     if heldout is not None:
         floor |= _scored(suite, _draws(heldout.x, ev.n_samples, np.random.default_rng([ev.seed, 3]))).class_coverage()
     return {f"{k}_floor": v for k, v in floor.items()} | _gmm_baseline(suite, train, rng)
@@ -332,14 +356,14 @@ def _gmm_baseline(suite: Suite, train: Dataset, rng: np.random.Generator) -> dic
     best: tuple[dict[str, float], int, GaussianMixture] | None = None
     for k in (k for k in GMM_COMPONENTS if k <= len(codes) // 10):  # >= 10 rows a component
         gmm = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=ev.seed).fit(codes)
-        scores = _fid_and_classes(suite, _mixture_images(gmm, pca, n_select, train.shape))
+        scores = _fid_and_classes(suite, _scored(suite, _mixture_images(gmm, pca, n_select, train.shape)))
         if best is None or scores["fid"] < best[0]["fid"]:
             best = scores, k, gmm
     if best is None:
         return {}
     scores, k, gmm = best
     if n_select < ev.n_samples:
-        scores = _fid_and_classes(suite, _mixture_images(gmm, pca, ev.n_samples, train.shape))
+        scores = _fid_and_classes(suite, _scored(suite, _mixture_images(gmm, pca, ev.n_samples, train.shape)))
     setting = {"gmm_components": float(k), "gmm_dims": float(codes.shape[1])}
     return {f"{key}_gmm": v for key, v in scores.items()} | setting
 

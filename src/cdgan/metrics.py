@@ -3,6 +3,7 @@ k-NN precision/recall and density/coverage, 2-D mode coverage."""
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -153,6 +154,19 @@ def kernel_inception_distance(
         ]
     )
     return float(scores.mean()), float(scores.std(unbiased=False))
+
+
+def kid_scaled(features: Tensor, mu: np.ndarray, sigma: np.ndarray) -> Tensor:
+    """Features (N, d) in float64 on the scale KID's kernel (x.y / d + 1)^3 was made for, Inception's pool3
+    features with x.y / d below 1: centred on the reference mean `mu` and divided by its root mean variance
+    per dimension, (tr `sigma` / d)^(1/2), so a reference x has x.x / d = 1 on average and the dimensions keep
+    their relative scales, as FID sees them.
+
+    Features far above that scale (unnormalised ReLU outputs, such as the domain classifier's) make the cubed
+    kernel's spread across pairs swamp the difference between two sets, and KID is noise.
+    """
+    scale = math.sqrt(np.trace(sigma) / len(mu))
+    return (features.double() - torch.from_numpy(np.asarray(mu)).to(features.device, torch.float64)) / scale
 
 
 def knn_radii(x: Tensor, k: int) -> Tensor:
