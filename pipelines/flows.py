@@ -7,6 +7,7 @@ import argparse
 import csv
 import itertools
 import json
+import math
 import os
 import shutil
 import socket
@@ -29,6 +30,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from cdgan import tracking
 from cdgan.errors import CdganError
+from cdgan.evaluation import Objective, objective_for
 from cdgan.files import read_json, write_atomic
 from cdgan.params import Params, Paths, parse_params, read_params_yaml
 from cdgan.presets import apply_preset, overlay_params
@@ -296,8 +298,9 @@ def cdgan_sweep(
             )
             for t, w in zip(trials, workspaces, strict=True)
         ]
+        objective = objective_for(params[0].data.is_image)
         rows = [
-            t | _numeric(f.result()) | {"seconds_to_target": seconds_to_target(Paths(w), f.result())}
+            t | _numeric(f.result()) | {"seconds_to_target": seconds_to_target(Paths(w), f.result(), objective)}
             for t, f, w in zip(trials, futures, workspaces, strict=True)
         ]
         for t, workspace in zip(trials, workspaces, strict=True):  # the pictures beside the table
@@ -306,46 +309,58 @@ def cdgan_sweep(
                 workspace / "plots" / "eval" / "samples.png", project / "reports" / name / f"{trial_name(t)}.png"
             )
         group_by = [k for k in grid if k not in SEED_KEYS]
-        markdown = _write_report(project / "reports", name, rows, group_by, params[0], [trial_name(t) for t in trials])
+        markdown = write_report(project / "reports", name, rows, group_by, params[0], [trial_name(t) for t in trials])
         tracking.log_artifact(project / "reports" / f"{name}.md", "report")
         tracking.log_artifact(project / "reports" / f"{name}.csv", "report")
     create_markdown_artifact(markdown, key=name.replace("_", "-"), description=f"cdgan-sweep {sweep_id}")
     return rows
 
 
-def seconds_to_target(paths: Paths, evaluation: dict[str, Any]) -> float:
-    """Seconds of training until the score history first reaches the target: for images an FID at or below the
-    Gaussian-mixture baseline's (`fid_gmm`), for 2-D data all but one mode covered (`modes_floor` - 1). The
-    history is raw G(z) every `train.eval_every` steps; seconds are steps x the run's mean seconds per step
-    (scoring included). NaN when the run never reached it."""
+def seconds_to_target(paths: Paths, evaluation: dict[str, Any], objective: Objective) -> float:
+    """Seconds of training until the score history first reaches the objective's target
+    (`Objective.target_value`): for images an FID at or below the Gaussian-mixture baseline's (`fid_gmm`), for
+    2-D data all but one mode covered (`modes_floor` - 1). The history is raw G(z) every `train.eval_every`
+    steps; seconds are steps x the run's mean seconds per step (scoring included). NaN when the run never
+    reached it."""
     train = read_json(paths.train_metrics)
     per_step = train["train_seconds"] / train["steps"]
     with (paths.train_plots / "scores.csv").open() as f:
         history = list(csv.DictReader(f))
-    if "fid_gmm" in evaluation:
-        hits = [r for r in history if r.get("fid") and float(r["fid"]) <= evaluation["fid_gmm"]]
-    else:
-        hits = [r for r in history if r.get("modes") and float(r["modes"]) >= evaluation["modes_floor"] - 1]
+    target, metric = objective.target_value(evaluation), objective.metric
+    hits = [r for r in history if r.get(metric) and objective.reaches(float(r[metric]), target)]
     return int(hits[0]["step"]) * per_step if hits else float("nan")
 
 
-def _write_report(
+def write_report(
     out: Path, name: str, rows: list[dict[str, Any]], group_by: list[str], params: Params, trials: list[str]
 ) -> str:
+    """reports/<name>.md, <name>.csv (mean ± std of each metric per setting of `group_by`, and its `rank` by the
+    data's objective on the means, 1 the best) and <name>_runs.csv (`rows`, one per run); returns the markdown."""
     # the model's figures, then their reference points (real-data floor, Gaussian-mixture baseline)
-    image_metrics = ["fid", "fid_raw", "kid", "recall", "coverage", "modes", "kl", "fid_floor", "fid_gmm", "kl_floor"]
+    image_metrics = ["fid", "fid_raw", "kid", "recall", "coverage", "modes", "kl"]
+    image_metrics += ["fid_floor", "fid_gmm", "kid_floor", "kl_floor"]
     point_metrics = ["modes", "hq_frac", "spread", "mmd", "modes_raw", "spread_raw", "mmd_raw", "mmd_floor"]
     metrics = [*(image_metrics if params.data.is_image else point_metrics), "seconds_to_target"]
     metrics = [m for m in metrics if any(m in row for row in rows)]
     summary = summarize(rows, group_by, metrics)
+    objective = objective_for(params.data.is_image)
+    means = [{key: row.get(f"{key}_mean", math.nan) for key in objective.keys} for row in summary]
+    order = sorted(range(len(summary)), key=lambda i: objective.sort_key(means[i]))
+    for rank, i in enumerate(order, 1):
+        summary[i]["rank"] = rank
     write_csv(out / f"{name}_runs.csv", rows)
     write_csv(out / f"{name}.csv", summary)
     seeds = sorted({str(row.get("train.seed", params.train.seed)) for row in rows})  # the grid's, or the one seed
+    best = summary[order[0]]
+    setting = ", ".join(f"`{key}={best[key]}`" for key in group_by) or "the one setting"
+    slack = f" {'+' if objective.lower_is_better else '-'} {objective.target_slack:g}" if objective.target_slack else ""
     markdown = (
         f"# {name}\n\nData set `{params.data.dataset}`, {len(rows)} runs, train seeds {', '.join(seeds)}; "
         f"mean ± std over runs sharing the other params. Reference points: `*_floor` (real data scored the same "
         f"way), `fid_gmm` (a Gaussian mixture fitted to the training pixels); `seconds_to_target`: training "
-        f"seconds until the FID history reaches `fid_gmm` (2-D: all but one mode), NaN if never.\n\n"
+        f"seconds until the {objective.metric} history reaches `{objective.target}`{slack}, NaN if never.\n\n"
+        f"Best by {objective.name} ({'lower' if objective.lower_is_better else 'higher'} is better, on the means): "
+        f"{setting} ({objective.describe(means[order[0]])}).\n\n"
         + to_markdown(summary, group_by, metrics)
         + "\n## Samples (model output)\n\n"
         + "".join(f"{trial}\n\n![{trial}]({name}/{trial}.png)\n\n" for trial in trials)

@@ -22,7 +22,7 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial, TrialState
 
 from cdgan.errors import CdganError
-from cdgan.evaluation import primary_metric
+from cdgan.evaluation import objective_for
 from cdgan.files import write_atomic
 from cdgan.params import DataParams, parse_params, read_params_yaml
 
@@ -119,20 +119,12 @@ def _distribution(key: Any, entry: Any) -> BaseDistribution:
     return IntDistribution(low, high, log=log) if kind == "int" else FloatDistribution(float(low), float(high), log=log)
 
 
-def objective(metrics: dict[str, Any], is_image: bool) -> float:
-    """The value a trial is ranked by: `fid` (lower is better) for images; for 2-D data `modes`, ties broken
-    by `hq_frac` (modes + hq_frac / 2: modes is a count, so one more mode always outweighs any hq_frac)."""
-    metric, _ = primary_metric(is_image)
-    return float(metrics[metric]) if is_image else float(metrics[metric]) + float(metrics["hq_frac"]) / 2
-
-
 def open_study(
     storage: str, name: str, data: DataParams, space: dict[str, BaseDistribution], logger: Any
 ) -> optuna.Study:
     """The study `name` in `storage`, created for this search space and data set (in the direction of the data
-    set's primary metric), or continued if it was created for the same ones, its interrupted trials queued again
+    set's objective), or continued if it was created for the same ones, its interrupted trials queued again
     (`requeue_interrupted`)."""
-    _, lower_is_better = primary_metric(data.is_image)
     signature = {"space": {key: distribution_to_json(d) for key, d in space.items()}, "dataset": data.dataset}
     if storage.startswith("sqlite:///"):
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +132,7 @@ def open_study(
     study = optuna.create_study(
         storage=storage,
         study_name=name,
-        direction="minimize" if lower_is_better else "maximize",
+        direction=objective_for(data.is_image).direction,
         pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNE_AFTER_TRIALS),
         load_if_exists=True,
     )

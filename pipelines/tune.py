@@ -32,9 +32,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from cdgan import tracking
 from cdgan.errors import CdganError
-from cdgan.evaluation import primary_metric
+from cdgan.evaluation import Objective, objective_for
 from cdgan.files import read_json
-from cdgan.params import Params, Paths, parse_params
+from cdgan.params import Paths, parse_params
 
 try:  # pytest and Prefect's entrypoint loader have the project root on sys.path
     from pipelines import flows, studies
@@ -50,15 +50,20 @@ STATE_TAG = "cdgan.tune_state"  # on a pruned trial's MLflow run: PRUNED
 
 
 def score_history(
-    client: MlflowClient, experiment_id: str, parent_id: str, number: int, key: str
+    client: MlflowClient, experiment_id: str, parent_id: str, number: int, objective: Objective
 ) -> Callable[[], list[tuple[int, float]]]:
-    """A reader of the trial's logged score history, [(step, value), ...] of `key` in its child MLflow run."""
+    """A reader of the trial's logged score history in its child MLflow run: [(step, objective score), ...] of
+    the `train/<key>` histories of the objective's keys, at the steps where all of them are logged."""
 
     def read() -> list[tuple[int, float]]:
         runs = client.search_runs([experiment_id], _trial_query(parent_id, number), max_results=1)
         if not runs:  # the train stage has not opened its run yet
             return []
-        return sorted((m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, key))
+        steps: dict[int, dict[str, float]] = {}
+        for key in objective.keys:
+            for m in client.get_metric_history(runs[0].info.run_id, f"train/{key}"):
+                steps.setdefault(m.step, {})[key] = m.value
+        return sorted((step, objective.score(v)) for step, v in steps.items() if len(v) == len(objective.keys))
 
     return read
 
@@ -124,12 +129,12 @@ def tune_trial(
     env: dict[str, str],
     study: studies.StudyRef,
     number: int,
-    history_key: str,
-    is_image: bool,
+    objective: Objective,
 ) -> FrozenTrial:
     """One trial as `flows.run_trial` runs a sweep trial: a fresh workspace, `dvc repro evaluate` in it, here
-    in a process that is stopped as soon as the pruner says so. Tells the study the trial's objective (or
-    PRUNED) and returns the finished trial; a failed pipeline raises and leaves the telling to the flow.
+    in a process that is stopped as soon as the pruner says so. Tells the study the `objective` score of its
+    metrics/eval.json (or PRUNED) and returns the finished trial; a failed pipeline raises and leaves the
+    telling to the flow.
 
     The trial is found by its `number` in the `study`'s storage, opened here: on a Dask worker too, so the
     storage must be reachable from the workers (an RDB URL, or SQLite on the shared filesystem).
@@ -146,7 +151,7 @@ def tune_trial(
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     parent_id = env[tracking.PARENT_RUN_ENV]
     experiment_id = client.get_run(parent_id).info.experiment_id  # trial runs open in their parent's experiment
-    history = score_history(client, experiment_id, parent_id, trial.number, history_key)
+    history = score_history(client, experiment_id, parent_id, trial.number, objective)
     with subprocess.Popen(
         cmd,
         cwd=workspace,
@@ -160,7 +165,7 @@ def tune_trial(
         is_pruned = watch(proc, trial, history)
         reader.join()
     if is_pruned:
-        logger.info("trial %d pruned: its %s fell behind the earlier trials'", trial.number, history_key)
+        logger.info("trial %d pruned: its %s fell behind the earlier trials'", trial.number, objective.name)
         _mark_pruned(client, experiment_id, parent_id, trial.number)
         return trial.study.tell(trial, state=TrialState.PRUNED)
     if proc.returncode:
@@ -169,7 +174,7 @@ def tune_trial(
     for key, value in metrics.items():
         if isinstance(value, int | float) and not isinstance(value, bool):
             trial.set_user_attr(key, value)  # every evaluation metric beside the objective, for the summary
-    return trial.study.tell(trial, studies.objective(metrics, is_image))
+    return trial.study.tell(trial, objective.score(metrics))
 
 
 def _pump(proc: subprocess.Popen, logger: Any, tail: deque[str]) -> None:
@@ -197,10 +202,12 @@ def cdgan_tune(
     The study lives in `storage` (an Optuna RDB URL; default sqlite under sweeps/optuna.db), so running the
     flow again with the same name continues it: trials a killed run left RUNNING are marked failed and queued
     again with their params. PARALLEL trials run at a time, each `dvc repro evaluate` in sweeps/<name>/ and
-    a child MLflow run of this flow's parent run; a median pruner stops trials whose `train/fid` (`train/modes`
-    for 2-D data) history falls behind. Writes presets/tuned-<name>.yaml (an overlay: the keys where the best
-    trial's params differ from params.yaml), reports/tune-<name>.md and reports/tune-<name>/*.png, all logged
-    to the parent run.
+    a child MLflow run of this flow's parent run. A trial's value is its objective score
+    (`evaluation.objective_for`, which the champion gate and the sweep report rank by too); a median pruner
+    stops trials whose score over the training history (`train/fid`; `train/modes` and `train/hq_frac` for
+    2-D data) falls behind. Writes presets/tuned-<name>.yaml (an overlay: the keys where the best trial's
+    params differ from params.yaml), reports/tune-<name>.md and reports/tune-<name>/*.png, all logged to the
+    parent run.
 
     With `cluster` (a Dask scheduler address, tcp://host:8786) trials run one per Dask worker thread, as
     cdgan-sweep's do: the project, the storage and MLFLOW_TRACKING_URI must be reachable from every worker.
@@ -214,7 +221,7 @@ def cdgan_tune(
     distributions = studies.read_space(project / space, raw)
     if trials < 1:
         raise CdganError(f"cdgan-tune: trials must be >= 1 (got {trials})")
-    metric, _ = primary_metric(params.data.is_image)
+    objective = objective_for(params.data.is_image)
     storage = storage or studies.default_storage(project)
     paths = Paths(project)
     about = {"study": name, "storage": storage, "space": space, "trials": trials, "cluster": cluster}
@@ -228,14 +235,14 @@ def cdgan_tune(
             # on Dask: a trial per worker thread that the cluster has as the study starts
             slots = PARALLEL if cluster is None else max(1, sum(runner.client.nthreads().values()))
             ref = studies.StudyRef(storage, name, study.pruner)
-            failure = _run_trials(
-                study, ref, distributions, trials, project, raw, env, f"train/{metric}", params, runner, slots
-            )
+            failure = _run_trials(study, ref, distributions, trials, project, raw, env, objective, runner, slots)
             best = studies.best_trial(study, failure)
-            preset = studies.write_preset(project, name, flows._with_overrides(raw, best.params), study, best, metric)
+            preset = studies.write_preset(
+                project, name, flows._with_overrides(raw, best.params), study, best, objective.name
+            )
             pictures = studies.write_plots(study, project / "reports" / f"tune-{name}")
             markdown = studies.write_summary(
-                project / "reports" / f"tune-{name}.md", study, best, metric, storage, preset
+                project / "reports" / f"tune-{name}.md", study, best, objective.name, storage, preset
             )
             for path in (preset, project / "reports" / f"tune-{name}.md", *pictures):
                 tracking.log_artifact(path, "tune")
@@ -255,8 +262,7 @@ def _run_trials(
     project: Path,
     raw: dict[str, Any],
     env: dict[str, str],
-    history_key: str,
-    params: Params,
+    objective: Objective,
     runner: Any,
     slots: int,
 ) -> BaseException | None:
@@ -280,8 +286,7 @@ def _run_trials(
             running[trial.number] = runner.submit(
                 tune_trial.with_options(task_run_name=f"trial-{trial.number}"),
                 {"project": project, "workspace": workspace, "raw": flows._with_overrides(raw, overrides),
-                 "env": env, "study": ref, "number": trial.number, "history_key": history_key,
-                 "is_image": params.data.is_image},
+                 "env": env, "study": ref, "number": trial.number, "objective": objective},
             )  # fmt: skip
         if not running:
             return failure

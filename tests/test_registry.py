@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -16,11 +18,14 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from optuna.distributions import FloatDistribution
 
 from cdgan import registry, store
+from cdgan.evaluation import IMAGE_OBJECTIVE, MIXTURE_OBJECTIVE, objective_for
 from cdgan.models import build_models
-from cdgan.params import ModelParams, Params, Paths, RegisterParams, SampleParams
+from cdgan.params import DataParams, ModelParams, Params, Paths, RegisterParams, SampleParams
 from cdgan.stages.sample import sample
+from pipelines import flows, studies
 from tests.conftest import REPO, run
 
 # the gate's terms (registry.SCALE_KEYS) as the register stage reads them from metrics/eval.json
@@ -51,9 +56,14 @@ def sampler_uri(mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory) -> st
 
 
 def _register(
-    uri: str, name: str, modes: float, comparable: dict[str, str] = COMPARABLE, **kw: object
+    uri: str, name: str, modes: float, comparable: dict[str, str] = COMPARABLE, hq_frac: float = 0.5, **kw: object
 ) -> registry.Registration:
-    return registry.register_version(uri, name, "modes", modes, False, comparable, 0.0, **kw)
+    metrics = {"modes": modes, "hq_frac": hq_frac}
+    return registry.register_version(uri, name, MIXTURE_OBJECTIVE, metrics, comparable, 0.0, **kw)
+
+
+def _register_fid(uri: str, name: str, fid: float, margin: float = 0.0) -> registry.Registration:
+    return registry.register_version(uri, name, IMAGE_OBJECTIVE, {"fid": fid}, COMPARABLE, margin)
 
 
 def _champion(name: str) -> int:
@@ -79,8 +89,9 @@ def test_first_version_is_champion_a_worse_one_is_not_a_better_one_is(sampler_ur
 _REGISTER = """
 import json, sys
 from cdgan import registry
+from cdgan.evaluation import MIXTURE_OBJECTIVE
 uri, name, modes, comparable = sys.argv[1], sys.argv[2], float(sys.argv[3]), json.loads(sys.argv[4])
-reg = registry.register_version(uri, name, "modes", modes, False, comparable, 0.0)
+reg = registry.register_version(uri, name, MIXTURE_OBJECTIVE, {"modes": modes, "hq_frac": 0.5}, comparable, 0.0)
 print(reg.version, reg.alias)
 """
 
@@ -134,23 +145,80 @@ def test_concurrent_registrations_take_turns_on_the_alias_and_the_better_one_win
 
 def test_lower_is_better_metrics_and_margin(sampler_uri: str) -> None:
     name = f"fid-{uuid.uuid4().hex[:8]}"
-    registry.register_version(sampler_uri, name, "fid", 10.0, True, COMPARABLE, 1.0)
-    small_gain = registry.register_version(sampler_uri, name, "fid", 9.5, True, COMPARABLE, 1.0)
-    big_gain = registry.register_version(sampler_uri, name, "fid", 8.0, True, COMPARABLE, 1.0)
+    _register_fid(sampler_uri, name, 10.0, margin=1.0)
+    small_gain = _register_fid(sampler_uri, name, 9.5, margin=1.0)
+    big_gain = _register_fid(sampler_uri, name, 8.0, margin=1.0)
     assert (small_gain.alias, big_gain.alias) == ("challenger", "champion")
 
 
-@pytest.mark.parametrize("lower_is_better", [False, True])
-def test_a_tie_with_the_champion_is_a_challenger_even_with_no_margin(sampler_uri: str, lower_is_better: bool) -> None:
-    # given a champion with fid (lower is better) or modes 10
+@pytest.mark.parametrize("is_image", [False, True])
+def test_a_tie_with_the_champion_is_a_challenger_even_with_no_margin(sampler_uri: str, is_image: bool) -> None:
+    # given a champion with fid (lower is better) or modes (higher) 10
     name = f"tie-{uuid.uuid4().hex[:8]}"
-    metric = "fid" if lower_is_better else "modes"
-    first = registry.register_version(sampler_uri, name, metric, 10.0, lower_is_better, COMPARABLE, 0.0)
+    register = _register_fid if is_image else _register
+    first = register(sampler_uri, name, 10.0)
     # when a version with the same value is registered, min_improvement 0
-    tie = registry.register_version(sampler_uri, name, metric, 10.0, lower_is_better, COMPARABLE, 0.0)
+    tie = register(sampler_uri, name, 10.0)
     # then it must beat the champion, not equal it: the alias stays
     assert tie.alias == "challenger" and "does not beat" in tie.reason, tie
     assert _champion(name) == first.version
+
+
+def test_2d_versions_rank_by_modes_then_hq_frac(sampler_uri: str) -> None:
+    # given a champion covering 25 modes with half its samples near a mode
+    name = f"tiebreak-{uuid.uuid4().hex[:8]}"
+    first = _register(sampler_uri, name, 25, hq_frac=0.5)
+    # when a version with one mode fewer but nearly every sample on a mode is registered
+    fewer = _register(sampler_uri, name, 24, hq_frac=0.99)
+    # then it does not take the alias: a mode more outweighs any hq_frac
+    assert fewer.alias == "challenger", fewer
+    # when a version with as many modes and more samples near them is registered (modes alone called it a tie)
+    sharper = _register(sampler_uri, name, 25, hq_frac=0.9)
+    # then it takes the alias, and the reason names both figures of both versions
+    assert sharper.alias == "champion" and _champion(name) == sharper.version, sharper
+    assert sharper.reason == f"modes 25, hq_frac 0.9 beats champion v{first.version} (modes 25, hq_frac 0.5)"
+
+
+@pytest.mark.parametrize(
+    ("dataset", "candidates", "winner"),
+    [
+        # 2-D: the tuner ranked by modes + hq_frac / 2 and the gate by modes alone, so the gate kept cd (bce only
+        # tied it on modes) while the study's best was bce
+        ("grid25", {"cd": (25, 0.7), "bce": (25, 0.9), "hinge": (24, 0.99)}, "bce"),
+        ("digits", {"cd": (9.0,), "bce": (4.0,), "hinge": (6.0,)}, "bce"),
+    ],
+)
+def test_the_gate_the_tuner_and_the_sweep_report_pick_the_same_winner(
+    sampler_uri: str, tmp_path: Path, dataset: str, candidates: dict[str, tuple[float, ...]], winner: str
+) -> None:
+    # given the evaluations of three settings on one data set
+    data = DataParams(dataset=dataset)
+    objective = objective_for(data.is_image)
+    metrics = {label: dict(zip(objective.keys, values, strict=True)) for label, values in candidates.items()}
+
+    # when each is registered in turn, with no margin
+    name = f"agree-{uuid.uuid4().hex[:8]}"
+    versions = {
+        registry.register_version(sampler_uri, name, objective, m, COMPARABLE, 0.0).version: label
+        for label, m in metrics.items()
+    }
+    # and told to a study as cdgan-tune tells its trials
+    space = {"train.lr": FloatDistribution(1e-4, 1e-3)}
+    study = studies.open_study(f"sqlite:///{tmp_path / 'optuna.db'}", name, data, space, logging.getLogger())
+    for label, m in metrics.items():
+        trial = study.ask(space)
+        trial.set_user_attr("label", label)
+        study.tell(trial, objective.score(m))
+    # and compared in a sweep report, one row per setting
+    rows = [{"train.loss": label} | m for label, m in metrics.items()]
+    markdown = flows.write_report(tmp_path, "agree", rows, ["train.loss"], Params(data=data), [])
+
+    # then the champion, the study's best trial and the report's first rank are the same setting
+    with (tmp_path / "agree.csv").open() as f:
+        ranks = {row["train.loss"]: int(row["rank"]) for row in csv.DictReader(f)}
+    assert versions[_champion(name)] == winner, "registry"
+    assert study.best_trial.user_attrs["label"] == winner, "tuner"
+    assert min(ranks, key=ranks.get) == winner and f"`train.loss={winner}`" in markdown, ("sweep report", ranks)
 
 
 def test_a_champion_without_the_metric_is_not_compared_and_keeps_the_alias(sampler_uri: str) -> None:
@@ -158,7 +226,7 @@ def test_a_champion_without_the_metric_is_not_compared_and_keeps_the_alias(sampl
     name = f"nometric-{uuid.uuid4().hex[:8]}"
     first = _register(sampler_uri, name, 20)
     # when a version is registered on `fid`, which the champion was never scored on
-    other = registry.register_version(sampler_uri, name, "fid", 1.0, True, COMPARABLE, 0.0)
+    other = _register_fid(sampler_uri, name, 1.0)
     # then it is a challenger that names the missing metric, and the champion stays
     assert other.alias == "challenger", other
     assert other.reason == f"not comparable with champion v{first.version}: fid missing"
@@ -183,7 +251,7 @@ def test_version_carries_the_given_tags_and_the_gate_terms(sampler_uri: str) -> 
     name = f"tags-{uuid.uuid4().hex[:8]}"
     reg = _register(sampler_uri, name, 12, tags={"git_commit": "abc", "n_samples": "2000.0"})
     tags = MlflowClient().get_model_version(name, str(reg.version)).tags
-    own = {"git_commit": "abc", "metric": "modes", "modes": "12", "forced": "false"}
+    own = {"git_commit": "abc", "metric": "modes+hq_frac/2", "modes": "12", "hq_frac": "0.5", "forced": "false"}
     assert {k: tags[k] for k in [*own, *COMPARABLE]} == own | COMPARABLE, "the gate's terms win over a given tag"
 
 

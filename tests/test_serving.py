@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from cdgan import registry
+from cdgan.evaluation import IMAGE_OBJECTIVE
 from cdgan.models import build_models
 from cdgan.params import ModelParams, SampleParams
 from tests.conftest import BIN, free_port, run, serving, start_server, stop_group
@@ -52,7 +53,7 @@ def image_model(mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory) -> st
     with mlflow.start_run():
         model_uri = registry.log_sampler(bundle, metrics=MODEL_METRICS)
     name = f"serve-{uuid.uuid4().hex[:8]}"
-    registration = registry.register_version(model_uri, name, "fid", 1.0, True, {"dataset": "digits"}, 0.0)
+    registration = registry.register_version(model_uri, name, IMAGE_OBJECTIVE, {"fid": 1.0}, {"dataset": "digits"}, 0.0)
     assert registration.alias == registry.CHAMPION
     return f"models:/{name}@{registry.CHAMPION}"
 

@@ -6,9 +6,10 @@ import importlib.metadata
 import io
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
@@ -27,6 +28,9 @@ from cdgan.models import EnergyNet, Generator, build_models
 from cdgan.params import ModelParams, SampleParams, is_image_shape
 from cdgan.sampler import draw_samples
 from cdgan.store import retried, store_lock
+
+if TYPE_CHECKING:  # the served model's code imports no metric code: the objective comes in as an argument
+    from cdgan.evaluation import Objective
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 # What sets the scale of the ranking metric, as metrics/eval.json records it: a version is ranked against the
@@ -206,21 +210,22 @@ class Registration:
 def register_version(
     model_uri: str,
     name: str,
-    metric: str,
-    value: float,
-    lower_is_better: bool,
+    objective: Objective,
+    metrics: Mapping[str, float],
     comparable: dict[str, str],
     min_improvement: float,
     force: bool = False,
     tags: dict[str, str] | None = None,
 ) -> Registration:
-    """Register a new version; it becomes `champion` only if it beats the champion by more than
-    `min_improvement` on `metric`, measured on the same `comparable` terms (the register stage gives one value
-    for each of SCALE_KEYS), or if `force`; otherwise `challenger`. The reason is the version tag `alias_reason`.
+    """Register a new version; it becomes `champion` only if its `metrics` beat the champion's by more than
+    `min_improvement` on `objective` (`Objective.gain`), measured on the same `comparable` terms (the register
+    stage gives one value for each of SCALE_KEYS), or if `force`; otherwise `challenger`. The reason is the
+    version tag `alias_reason`.
 
-    `tags` (lineage, evaluation metrics), `comparable`, `metric` and `forced` ("true" / "false") are set on
-    the version before the alias moves, so the next registration can compare against it. Store calls are
-    tried again on transient errors (a locked SQLite file, a server restarting).
+    `tags` (lineage, evaluation metrics), `comparable`, the objective's metrics, `metric` (the objective's name)
+    and `forced` ("true" / "false") are set on the version before the alias moves, so the next registration can
+    compare against it. Store calls are tried again on transient errors (a locked SQLite file, a server
+    restarting).
 
     Concurrent registrations. MLflow has no compare-and-set for aliases, so the read-compare-set runs under
     `store_lock(uri, "alias-<name>")`, an OS file lock: beside the database for a SQLite store (every
@@ -237,13 +242,14 @@ def register_version(
     """
     client = MlflowClient()
     version = retried(lambda: mlflow.register_model(model_uri, name)).version
-    own_tags = {**(tags or {}), **comparable, "metric": metric, metric: str(value), "forced": str(force).lower()}
+    ranked = {key: str(metrics[key]) for key in objective.keys}
+    own_tags = {**(tags or {}), **comparable, **ranked, "metric": objective.name, "forced": str(force).lower()}
     for key, tag in own_tags.items():
         retried(lambda key=key, tag=tag: client.set_model_version_tag(name, version, key, tag))
     with store_lock(mlflow.get_tracking_uri(), f"alias-{name}"):
         for _ in range(_DECIDE_TRIES):
             champion = _champion(client, name)
-            alias, reason = _decide_alias(champion, metric, value, lower_is_better, comparable, min_improvement)
+            alias, reason = _decide_alias(champion, objective, metrics, comparable, min_improvement)
             if force and alias != CHAMPION:
                 alias, reason = CHAMPION, f"forced (--force) over: {reason}"
             retried(lambda alias=alias: client.set_registered_model_alias(name, alias, version))
@@ -271,19 +277,19 @@ def _version_of(model_version: ModelVersion | None) -> str | None:
 
 def _decide_alias(
     champion: ModelVersion | None,
-    metric: str,
-    value: float,
-    lower_is_better: bool,
+    objective: Objective,
+    metrics: Mapping[str, float],
     comparable: dict[str, str],
     margin: float,
 ) -> tuple[str, str]:
     if champion is None:
         return CHAMPION, "first version"
     mismatch = {k: (champion.tags.get(k), v) for k, v in comparable.items() if champion.tags.get(k) != v}
-    if mismatch or metric not in champion.tags:
-        return CHALLENGER, f"not comparable with champion v{champion.version}: {mismatch or metric + ' missing'}"
-    best = float(champion.tags[metric])
-    gain = best - value if lower_is_better else value - best
-    if gain > margin:
-        return CHAMPION, f"{metric} {value:.4g} beats champion v{champion.version} ({best:.4g})"
-    return CHALLENGER, f"{metric} {value:.4g} does not beat champion v{champion.version} ({best:.4g}) by > {margin}"
+    missing = [key for key in objective.keys if key not in champion.tags]
+    if mismatch or missing:
+        why = mismatch or ", ".join(missing) + " missing"
+        return CHALLENGER, f"not comparable with champion v{champion.version}: {why}"
+    ours, theirs = objective.describe(metrics), objective.describe(champion.tags)
+    if objective.gain(metrics, champion.tags) > margin:
+        return CHAMPION, f"{ours} beats champion v{champion.version} ({theirs})"
+    return CHALLENGER, f"{ours} does not beat champion v{champion.version} ({theirs}) by > {margin}"

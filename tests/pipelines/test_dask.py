@@ -21,6 +21,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL
 
 from cdgan.errors import CdganError
+from cdgan.evaluation import MIXTURE_OBJECTIVE
 from pipelines import flows, studies, tune
 from tests.conftest import BIN, REPO, make_project, run, tiny_raw
 from tests.pipelines.conftest import client_env, free_port, serving
@@ -132,8 +133,8 @@ def test_tune_runs_its_trials_on_two_dask_worker_processes_and_the_pruner_sees_t
         evaluation = yaml.safe_load(
             (project / "sweeps/on-dask" / f"trial-{trial.number:03d}/metrics/eval.json").read_text()
         )
-        assert trial.value == studies.objective(evaluation, is_image=False)
-        # the history the workers reported to the pruner is the logged train/modes history
+        assert trial.value == MIXTURE_OBJECTIVE.score(evaluation)
+        # the workers reported the objective's score over the logged train/modes and hq_frac history to the pruner
         assert sorted(trial.intermediate_values) == [10, 20], trial.intermediate_values
     assert (project / "presets" / "tuned-on-dask.yaml").is_file() and result["best_trial"] in (0, 1)
 

@@ -14,6 +14,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import TaskRun
 
 from cdgan.errors import CdganError
+from cdgan.evaluation import IMAGE_OBJECTIVE, MIXTURE_OBJECTIVE, Objective
 from cdgan.params import Paths, TrainParams, load_params
 from pipelines import flows
 from tests.conftest import REPO, TINY, make_project, run, tiny_raw
@@ -95,7 +96,7 @@ def test_sweep_runs_every_trial_nested_under_one_mlflow_run_and_writes_the_repor
     table = [line for line in report.splitlines() if line.startswith("| cd") or line.startswith("| bce")]
     assert len(table) == 2 and all("| 2 |" in line for line in table), report
     summary = (project / "reports" / "tiny_comparison.csv").read_text().splitlines()
-    assert summary[0].startswith("train.loss,n,modes_mean,modes_std"), summary[0]
+    assert summary[0].startswith("train.loss,n,modes_mean,modes_std") and summary[0].endswith(",rank"), summary[0]
 
     # and MLflow holds one sweep run with the four trial runs as children, named by loss, k and seed
     import mlflow
@@ -199,17 +200,17 @@ def test_a_bad_key_in_a_preset_leaves_params_yaml_untouched(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(
-    ("history", "evaluation", "expected"),
+    ("objective", "history", "evaluation", "expected"),
     [
         # images: the first logged FID at or below the Gaussian mixture's, at 2 s a step (400 s / 200 steps)
-        ("step,fid\n50,30.0\n100,9.0\n150,7.5\n200,7.0\n", {"fid_gmm": 8.0}, 150 * 2.0),
-        ("step,fid\n50,30.0\n100,9.0\n", {"fid_gmm": 8.0}, float("nan")),
+        (IMAGE_OBJECTIVE, "step,fid\n50,30.0\n100,9.0\n150,7.5\n200,7.0\n", {"fid_gmm": 8.0}, 150 * 2.0),
+        (IMAGE_OBJECTIVE, "step,fid\n50,30.0\n100,9.0\n", {"fid_gmm": 8.0}, float("nan")),
         # 2-D data: all but one mode covered
-        ("step,modes,hq_frac\n50,20,0.1\n100,24,0.2\n", {"modes_floor": 25.0}, 100 * 2.0),
+        (MIXTURE_OBJECTIVE, "step,modes,hq_frac\n50,20,0.1\n100,24,0.2\n", {"modes_floor": 25.0}, 100 * 2.0),
     ],
 )
 def test_seconds_to_target_reads_the_score_history(
-    tmp_path: Path, history: str, evaluation: dict, expected: float
+    tmp_path: Path, objective: Objective, history: str, evaluation: dict, expected: float
 ) -> None:
     # given a trial workspace's training summary and score history
     paths = Paths(tmp_path)
@@ -218,7 +219,7 @@ def test_seconds_to_target_reads_the_score_history(
     paths.metrics.mkdir()
     paths.train_metrics.write_text(json.dumps({"train_seconds": 400.0, "steps": 200}))
     # when
-    seconds = flows.seconds_to_target(paths, evaluation)
+    seconds = flows.seconds_to_target(paths, evaluation, objective)
     # then
     assert seconds == pytest.approx(expected, nan_ok=True)
 

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from prefect.flows import load_flow_from_entrypoint
 
 from cdgan.errors import CdganError
+from cdgan.evaluation import IMAGE_OBJECTIVE, MIXTURE_OBJECTIVE
 from cdgan.params import read_params_yaml
 from cdgan.presets import load_preset
 from pipelines import studies, tune
@@ -78,6 +79,7 @@ def test_study_writes_the_best_preset_and_a_resumed_study_adds_trials(tmp_path: 
     for trial in first:
         evaluation = json.loads((project / "sweeps" / name / f"trial-{trial.number:03d}/metrics/eval.json").read_text())
         assert trial.value == evaluation["fid"], "the objective is the trial's metrics/eval.json fid"
+        assert trial.value == IMAGE_OBJECTIVE.score(evaluation), "as the champion gate and the sweep report rank"
     best = min(first, key=lambda t: t.value)
     assert result["best_trial"] == best.number and result["best_value"] == best.value
 
@@ -169,7 +171,7 @@ def test_prune_decision_is_taken_from_the_logged_history(
     trial = study.ask()
     run = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent, tune.TRIAL_TAG: str(trial.number)})
     client.log_metric(run.info.run_id, "train/fid", 40.0, step=10)
-    history = tune.score_history(client, experiment_id, parent, trial.number, "train/fid")
+    history = tune.score_history(client, experiment_id, parent, trial.number, IMAGE_OBJECTIVE)
     training = spawn([sys.executable, "-c", "import time; time.sleep(600)"])
 
     # when the watch sees only that value, it keeps the process; when a step above it is logged, it stops it
@@ -189,6 +191,24 @@ def test_prune_decision_is_taken_from_the_logged_history(
     assert study.trials[0].state == TrialState.PRUNED and study.trials[0].value == 90.0
 
 
+def test_the_pruner_sees_the_objective_score_of_the_logged_history(mlflow_uri: str) -> None:
+    # given a 2-D trial's MLflow run with modes and hq_frac logged at steps 10 and 20, and modes alone at 30
+    client = MlflowClient()
+    experiment_id = client.create_experiment(f"tune-history-{uuid4().hex[:8]}")
+    parent = client.create_run(experiment_id).info.run_id
+    run = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent, tune.TRIAL_TAG: "0"}).info.run_id
+    for step, modes, hq_frac in ((10, 20, 0.4), (20, 25, 0.8)):
+        client.log_metric(run, "train/modes", modes, step=step)
+        client.log_metric(run, "train/hq_frac", hq_frac, step=step)
+    client.log_metric(run, "train/modes", 25, step=30)
+
+    # when the trial's history is read for the pruner
+    history = tune.score_history(client, experiment_id, parent, 0, MIXTURE_OBJECTIVE)()
+
+    # then it holds the objective's score, on which the trial's final value is told, where both figures are logged
+    assert history == [(10, pytest.approx(20.2)), (20, pytest.approx(25.4))]
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_pruned_trial_stops_its_pipeline_and_is_recorded_pruned(tmp_path: Path, mlflow_uri: str) -> None:
     # given a trial whose training would take long, under a pruner forced to prune any FID
@@ -204,7 +224,7 @@ def test_pruned_trial_stops_its_pipeline_and_is_recorded_pruned(tmp_path: Path, 
     # when the trial task runs its pipeline
     workspace = tmp_path / "trial"
     ref = studies.StudyRef(f"sqlite:///{tmp_path / 'optuna.db'}", study.study_name, study.pruner)
-    finished = tune.tune_trial(project, workspace, raw, env, ref, trial.number, "train/fid", True)
+    finished = tune.tune_trial(project, workspace, raw, env, ref, trial.number, IMAGE_OBJECTIVE)
 
     # then it was pruned on the FID its training logged, the pipeline stopped before evaluate, and Optuna says PRUNED
     assert finished.state == TrialState.PRUNED and study.trials[0].state == TrialState.PRUNED

@@ -10,7 +10,7 @@ from pathlib import Path
 from cdgan import registry, tracking
 from cdgan.data import load_dataset
 from cdgan.errors import CdganError
-from cdgan.evaluation import primary_metric
+from cdgan.evaluation import objective_for
 from cdgan.files import read_json, write_json
 from cdgan.params import Params, Paths
 from cdgan.stages.edge import run_stage
@@ -29,8 +29,8 @@ class RegisterResult:
 
 def register(params: Params, paths: Paths, force: bool = False) -> RegisterResult:
     """Log the sampler into the training run and register a version of `register.model_name`, gated by
-    `registry.register_version` on the evaluation's primary metric, compared only with a champion measured on
-    the same terms: registry.SCALE_KEYS, as metrics/eval.json records them.
+    `registry.register_version` on the data's objective (`evaluation.objective_for`), compared only with a
+    champion measured on the same terms: registry.SCALE_KEYS, as metrics/eval.json records them.
 
     The version is tagged with the lineage (git_commit, git_dirty, dvc_lock_sha256, data_sha256: the
     sha256 of data/prepared/dataset.npz, mlflow_run_id), every number in metrics/eval.json, the gate's terms
@@ -49,7 +49,7 @@ def register(params: Params, paths: Paths, force: bool = False) -> RegisterResul
     picture = paths.eval_plots / "samples.png"
     if not picture.exists():
         raise CdganError(f"{picture}: not found; run the evaluate stage first (dvc repro)")
-    metric, lower_is_better = primary_metric(params.data.is_image)
+    objective = objective_for(params.data.is_image)
     real_shape = load_dataset(paths.dataset).shape
     generator, energy = load_trained(params, paths, real_shape)
     sampling = params.sample
@@ -63,9 +63,8 @@ def register(params: Params, paths: Paths, force: bool = False) -> RegisterResul
         model_uri = registry.log_sampler(bundle, tracking.flat_params(params), picture, numbers)
         tags = {k: str(evaluation[k]) for k in numbers} | tracking.lineage_tags(paths.root) | {"mlflow_run_id": run_id}
         reg = registry.register_version(
-            model_uri, name, metric, evaluation[metric], lower_is_better, comparable,
-            params.register.min_improvement, force, tags,
-        )  # fmt: skip
+            model_uri, name, objective, numbers, comparable, params.register.min_improvement, force, tags
+        )
         tracking.set_tags({"model_name": name, "model_version": str(reg.version), "model_alias": reg.alias})
     write_json(
         paths.register_metrics,
