@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
+import torch
+from PIL import Image
 from torch import Tensor
 
 from cdgan.files import write_atomic
@@ -14,15 +18,28 @@ from cdgan.params import is_image_shape
 def save_samples_png(path: Path, x: Tensor, centres: np.ndarray | None = None, title: str = "") -> Path:
     """A grid of up to 64 images (N, C, H, W) in [-1, 1], or a scatter of (N, 2) points."""
     if is_image_shape(x.shape[1:]):
-        from torchvision.utils import save_image
-
-        grid = x[:64].float()
-        if grid.shape[-1] < 32:  # tiny images (8x8 digits) are unreadable at native size
-            grid = grid.repeat_interleave(4, -1).repeat_interleave(4, -2)
-        return write_atomic(
-            path, lambda tmp: save_image(grid, tmp, format="png", nrow=8, normalize=True, value_range=(-1, 1))
-        )
+        return write_atomic(path, lambda tmp: Image.fromarray(_grid(x)).save(tmp, format="png"))
     return write_atomic(path, lambda tmp: _scatter(tmp, x.numpy(), centres, title))
+
+
+def sample_picture(x: Tensor, centres: np.ndarray | None = None, title: str = "") -> np.ndarray:
+    """`save_samples_png`'s picture as an (H, W, 3) array (RGBA (H, W, 4) for the scatter) of uint8."""
+    if is_image_shape(x.shape[1:]):
+        return _grid(x)
+    buffer = io.BytesIO()
+    _scatter(buffer, x.numpy(), centres, title)
+    return np.asarray(Image.open(buffer))
+
+
+def _grid(x: Tensor) -> np.ndarray:
+    """Up to 64 images (N, C, H, W) in [-1, 1], 8 a row, as torchvision's save_image writes them."""
+    from torchvision.utils import make_grid
+
+    grid = x[:64].float()
+    if grid.shape[-1] < 32:  # tiny images (8x8 digits) are unreadable at native size
+        grid = grid.repeat_interleave(4, -1).repeat_interleave(4, -2)
+    grid = make_grid(grid, nrow=8, normalize=True, value_range=(-1, 1))  # (3, H, W) in [0, 1]
+    return grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()  # (H, W, 3)
 
 
 def save_curves_png(path: Path, rows: list[dict], x: str, y: str, group: str, title: str, log_y: bool = False) -> Path:
@@ -55,7 +72,7 @@ def _pyplot():
     return plt
 
 
-def _scatter(path: Path, points: np.ndarray, centres: np.ndarray | None, title: str) -> None:
+def _scatter(path: Path | BinaryIO, points: np.ndarray, centres: np.ndarray | None, title: str) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     # hollow rings under the samples: a covered mode shows its samples inside the ring
