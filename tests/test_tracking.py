@@ -17,11 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import mlflow.pytorch
+import numpy as np
 import pytest
+import torch
+from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from torch import nn
 
 from cdgan import store, tracking
 from cdgan.errors import Terminated
@@ -239,6 +244,45 @@ def test_metrics_logged_while_the_server_is_down_are_kept_then_flushed(
     assert client.get_run(run_id).data.metrics["fid"] == 9.0
     assert client.get_run(run_id).info.status == "FINISHED"
     assert not pending.exists(), "a flushed pending file is deleted"
+
+
+def test_images_and_models_logged_while_the_server_is_down_are_kept_then_flushed(
+    tiny_params: Params, tmp_path: Path, server: _Server
+) -> None:
+    # given a training run on a real tracking server, which stops before a scoring step
+    paths = Paths(tmp_path / "project")
+    pending = paths.mlruns / store.PENDING_DIR
+    grid = np.full((16, 24, 3), 200, np.uint8)
+    generator = nn.Sequential(nn.Linear(4, 2)).eval()
+    with tracking.tracked_run(tiny_params, paths) as run_id:
+        tracking.log_metrics(1, {"loss": 1.0})
+        tracking.wait_for_metrics()
+        server.stop()
+
+        # when the step's score, its sample grid and the best model so far are logged
+        tracking.log_metrics(2, {"train/fid": 3.0})
+        tracking.log_image(2, "train/samples", grid)
+        tracking.log_model(2, "best_generator", generator, (4,), (2,))
+        tracking.wait_for_metrics()
+
+        # then nothing raises, and all three wait in the outbox, in order, the grid and the model as copies
+        rows = [json.loads(line) for line in (pending / f"{run_id}.jsonl").read_text().splitlines()]
+        assert [row["kind"] for row in rows] == ["metrics", "image", "model"], rows
+        assert all(Path(row["path"]).exists() for row in rows[1:]), rows
+        server.start()
+
+    # and the run's end sent them once the server was back: the frame at its step, the model with that step's score
+    client = MlflowClient(server.url)
+    names = [Path(a.path).name for a in client.list_artifacts(run_id, "images")]
+    assert [n for n in names if n.startswith("train~samples+step+2+") and n.endswith(".png")], names
+    (output,) = client.get_run(run_id).outputs.model_outputs
+    model = client.get_logged_model(output.model_id)
+    assert (output.step, model.name, model.status) == (2, "best_generator", LoggedModelStatus.READY)
+    assert {(m.key, m.step, m.value) for m in model.metrics} == {("train/fid", 2, 3.0)}
+    z = torch.randn(3, 4)
+    with torch.no_grad():
+        assert torch.equal(mlflow.pytorch.load_model(f"models:/{output.model_id}")(z), generator(z))
+    assert not any(pending.iterdir()), "sent lines and copies are deleted"
 
 
 def test_the_run_end_is_tried_again_with_backoff_until_the_server_is_back(

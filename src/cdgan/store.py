@@ -25,11 +25,14 @@ from typing import Any
 from urllib.parse import urlparse
 
 import mlflow
+import numpy as np
 import requests
 from filelock import FileLock, Timeout
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_GIT_DIRTY, MLFLOW_GIT_REPO_URL
 
 from cdgan.errors import CdganError, Terminated
 from cdgan.files import write_atomic
@@ -37,8 +40,9 @@ from cdgan.files import write_atomic
 RETRY_DELAYS = (1.0, 2.0)  # seconds before the 2nd and 3rd try of a store call (after MLflow's own HTTP retries)
 END_RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # the run's end is tried longer: it is the one call that settles its status
 OFFLINE_SECONDS = 30.0  # after a log call failed for good, later ones go straight to the pending file this long
-PENDING_DIR = "pending"  # under mlruns/: <run id>.jsonl (and <run id>/ for artifacts) the store did not take yet
+PENDING_DIR = "pending"  # under mlruns/: <run id>.jsonl (and <run id>/ for copies) the store did not take yet
 HTTP_RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"  # MLflow's retries inside each call: 7, minutes in all
+SOURCE_TAGS = {MLFLOW_GIT_COMMIT, MLFLOW_GIT_BRANCH, MLFLOW_GIT_DIRTY, MLFLOW_GIT_REPO_URL}  # a run's git source
 LOCK_SECONDS = 300.0  # waiting longer for a store lock means a stuck process: fail with its path
 _log = logging.getLogger(__name__)
 
@@ -161,14 +165,14 @@ def _signals_after_the_call() -> Iterator[None]:
 @dataclass
 class _Pending:
     """What the open run could not log yet, one JSON line per call, in order, until sent: metrics (step, time,
-    values), artifacts (a copy under <run id>/) and the run's end (status, time)."""
+    values), artifacts, images and models (a copy under <run id>/) and the run's end (status, time)."""
 
     path: Path  # mlruns/pending/<run id>.jsonl
     retry_at: float = 0.0  # time.monotonic() before which log calls skip the store
 
     @property
     def files(self) -> Path:
-        return self.path.with_suffix("")  # mlruns/pending/<run id>/: copies of artifacts not yet logged
+        return self.path.with_suffix("")  # mlruns/pending/<run id>/: copies of what is not yet logged
 
     def append(self, line: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,8 +189,8 @@ class _Pending:
 
 @dataclass
 class OpenRun:
-    """Delivery for the run `open_run` holds: metrics go to the store from one thread of their own, in order,
-    so a log call never waits on the store; what the store cannot take goes to `pending`.
+    """Delivery for the run `open_run` holds: metrics, images and models go to the store from one thread of their
+    own, in order, so a log call never waits on the store; what the store cannot take goes to `pending`.
 
     Not MLflow's asynchronous logging (`synchronous=False`): it costs the training thread ~40 times the CPU
     per call and stores no sooner (benchmarks/logging_async.py), and neither retries nor keeps what fails.
@@ -203,30 +207,50 @@ class OpenRun:
     def log_metrics(self, step: int | None, timestamp: int, values: dict[str, float]) -> None:
         """Queue the values for the sender thread; raise what the store refused of earlier ones."""
         self.raise_refused()
-        self.sender.submit(self._send_metrics, {"kind": "metrics", "step": step, "timestamp": timestamp,
+        self.sender.submit(self._send_or_keep, {"kind": "metrics", "step": step, "timestamp": timestamp,
                                                 "values": values})  # fmt: skip
 
+    def log_image(self, step: int, timestamp: int, key: str, image: np.ndarray) -> None:
+        """Queue an (H, W, C) uint8 image for the sender thread: one frame of the UI's image slider `key`."""
+        self.raise_refused()
+        self.sender.submit(
+            self._send_or_keep, {"kind": "image", "step": step, "timestamp": timestamp, "key": key}, image
+        )
+
+    def log_model(self, step: int, name: str, model: Any, signature: ModelSignature) -> None:
+        """Queue a torch module for the sender thread, to become a LoggedModel of the run at `step` (`_log_model`);
+        the module must not change afterwards (pass a copy)."""
+        self.raise_refused()
+        self.sender.submit(self._send_or_keep, {"kind": "model", "step": step, "name": name}, (model, signature))
+
     def wait(self) -> None:
-        """Return once the queued metrics reached the store or the pending file."""
+        """Return once what was queued (metrics, images, models) reached the store or the pending file."""
         self.sender.submit(lambda: None).result()  # one sender thread: its queue is done when this is
 
     def log_artifact(self, path: Path, folder: str | None) -> None:
         """Log a file; a store that cannot take it gets a copy later (kept under mlruns/pending/<run id>/, so
         later edits of `path` do not change it)."""
         if not _logged(lambda: mlflow.log_artifact(str(path), artifact_path=folder), f"artifact {path}", self.pending):
-            self.pending.files.mkdir(parents=True, exist_ok=True)
-            copy = Path(tempfile.mkdtemp(dir=self.pending.files)) / path.name  # one folder per call: names may repeat
+            copy = self._pending_folder() / path.name
             shutil.copy2(path, copy)
             self.pending.append({"kind": "artifact", "path": str(copy), "folder": folder})
 
-    def _send_metrics(self, row: dict[str, Any]) -> None:
+    def _send_or_keep(self, row: dict[str, Any], payload: Any = None) -> None:
+        """In the sender thread: send `row` with its in-memory `payload` (`_send`); if the store cannot take it,
+        the row goes to the pending file, with the path of a copy of its payload."""
         try:
-            if not _logged(
-                lambda: _send(self.client, self.run_id, row), f"metrics at step {row['step']}", self.pending
-            ):
+            what = f"{row['kind']} at step {row['step']}"
+            if not _logged(lambda: _send(self.client, self.run_id, row, payload), what, self.pending):
+                if payload is not None:
+                    row = row | {"path": str(_keep(payload, self._pending_folder()))}
                 self.pending.append(row)
         except Exception as err:  # not transient: a bad name or value, the caller's bug
             self.refused = self.refused or err
+
+    def _pending_folder(self) -> Path:
+        """A new folder under mlruns/pending/<run id>/, one per kept copy: names may repeat."""
+        self.pending.files.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=self.pending.files))
 
     def raise_refused(self) -> None:
         if self.refused is not None:
@@ -335,15 +359,84 @@ def _logged(call: Callable[[], Any], what: str, pending: _Pending) -> bool:
         return False
 
 
-def _send(client: MlflowClient, run_id: str, row: dict[str, Any]) -> None:
+def _send(client: MlflowClient, run_id: str, row: dict[str, Any], payload: Any = None) -> None:
+    """Log one row of the open run or of its pending file. `payload`: an image row's (H, W, C) array, a model
+    row's (module, signature), while still in memory; from the pending file, the copy at row["path"]."""
     kind = row.get("kind", "metrics")  # lines written before kinds existed hold metrics
     if kind == "metrics":
         batch = [Metric(key, value, row["timestamp"], row["step"] or 0) for key, value in row["values"].items()]
         client.log_batch(run_id, metrics=batch)
     elif kind == "artifact":
         client.log_artifact(run_id, row["path"], row["folder"])
+    elif kind == "image":
+        image = payload if payload is not None else mlflow.Image(row["path"])
+        client.log_image(run_id, image, key=row["key"], step=row["step"], timestamp=row["timestamp"], synchronous=True)
+    elif kind == "model":
+        if payload is None:
+            from mlflow import pytorch
+
+            payload = (pytorch.load_model(row["path"]), Model.load(row["path"]).signature)
+        _log_model(client, run_id, row["name"], row["step"], *payload)
     else:
         client.set_terminated(run_id, row["status"], row["end_time"])
+
+
+def _log_model(client: MlflowClient, run_id: str, name: str, step: int, model: Any, signature: ModelSignature) -> None:
+    """Torch module `model` as a LoggedModel `name` of run `run_id` at `step`, saved as `_saved_as` says: MLflow
+    links the run's metrics of that step to it (send them first); it takes the run's params and git source tags.
+
+    The model is created here, not by `mlflow.pytorch.log_model` alone: in a thread without the active run
+    that would file it under the process's active experiment and tag it with the entry script's commit.
+    Retried as a whole, so a store that fails half-way can leave an extra model in state PENDING or FAILED.
+    """
+    from mlflow import pytorch  # seconds of imports, paid only by runs that log a model
+
+    run = client.get_run(run_id)
+    tags = {key: value for key, value in run.data.tags.items() if key in SOURCE_TAGS}
+    logged = client.create_logged_model(run.info.experiment_id, name, run_id, tags, run.data.params)
+    with _quiet_pickle_warning():
+        pytorch.log_model(
+            model, name=name, step=step, model_id=logged.model_id, **_saved_as(signature),
+            run_id=run_id,  # passed on to mlflow.models.Model.log: this thread has no active run
+        )  # fmt: skip
+
+
+def _saved_as(signature: ModelSignature) -> dict[str, Any]:
+    """How a model is saved: pickled, not torch.export's graph (pt2), whose tracing in the sender thread changes
+    the numbers of the training running beside it; with requirements given, as inferring them loads the model."""
+    from mlflow import pytorch
+
+    return {"serialization_format": "pickle", "signature": signature,
+            "pip_requirements": pytorch.get_default_pip_requirements()}  # fmt: skip
+
+
+@contextmanager
+def _quiet_pickle_warning() -> Iterator[None]:
+    """Without MLflow's warning, on every pickled save, that loading a pickle runs its code and that pt2 avoids
+    that: pt2 is ruled out (`_saved_as`), and the modules cdgan logs are torch's own (stages.train)."""
+    logger = logging.getLogger("mlflow.pytorch")
+
+    def quiet(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Saving pytorch model by Pickle")
+
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def _keep(payload: Any, folder: Path) -> Path:
+    """A copy of an image or (module, signature) payload in `folder`, which `_send` reads back."""
+    if isinstance(payload, np.ndarray):
+        mlflow.Image(payload).save(str(folder / "image.png"))
+        return folder / "image.png"
+    from mlflow import pytorch
+
+    model, signature = payload
+    with _quiet_pickle_warning():
+        pytorch.save_model(model, str(folder / "model"), **_saved_as(signature))
+    return folder / "model"
 
 
 def _flush(pending: _Pending, run_id: str) -> None:

@@ -1,13 +1,16 @@
-"""What an MLflow run records: one run per pipeline execution (or sweep), its params, metrics, artifacts,
-training data and lineage tags. Getting them into the store, through outages and signals, is cdgan.store's."""
+"""What an MLflow run records: one run per pipeline execution (or sweep), its params, metrics (system/* too),
+artifacts, images, best models, training data, lineage and git source tags. Getting them into the store, through
+outages and signals, is cdgan.store's."""
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -15,10 +18,17 @@ from typing import Any
 from urllib.parse import urlparse
 
 import mlflow
+import numpy as np
+import psutil
+import torch
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types import Schema, TensorSpec
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_GIT_DIRTY, MLFLOW_GIT_REPO_URL
+from torch import nn
 
 from cdgan import store
 from cdgan.devices import compute_tags
@@ -32,6 +42,7 @@ PARENT_RUN_ENV = "CDGAN_PARENT_RUN_ID"  # set by the sweep flow: trial runs nest
 PIPELINE_OUTPUTS = ("dvc.lock", "metrics", "plots", "**/.gitignore")  # written by `dvc repro` itself
 EXPERIMENT_TAGS = {"dvc_exp_name": "DVC_EXP_NAME", "dvc_exp_baseline_rev": "DVC_EXP_BASELINE_REV"}  # set by dvc exp run
 DATASET_DIGEST_CHARS = 16  # MLflow keeps at most 36 characters of a dataset digest
+_log = logging.getLogger(__name__)
 
 
 def tracking_uri(paths: Paths) -> str:
@@ -85,20 +96,12 @@ def lineage_tags(root: Path) -> dict[str, str]:
     itself dirty. dvc.lock is hashed as the stage starts: DVC writes a stage's own entry after the stage ends,
     so the hash pins the stages before it (for `register`: prepare, train, evaluate of this `dvc repro`).
     """
-    tags = {}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", ".", *(f":(exclude,glob){out}" for out in PIPELINE_OUTPUTS)],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        tags["git_commit"] = commit.stdout.strip()
-        tags["git_dirty"] = str(bool(dirty.stdout.strip())).lower()
-    except (OSError, subprocess.CalledProcessError):
-        tags["git_commit"] = "unknown"
+    commit = _git(root, "rev-parse", "HEAD")
+    tags = {"git_commit": commit or "unknown"}
+    status = ["status", "--porcelain", "--", ".", *(f":(exclude,glob){out}" for out in PIPELINE_OUTPUTS)]
+    changes = _git(root, *status) if commit is not None else None
+    if changes is not None:
+        tags["git_dirty"] = str(bool(changes)).lower()
     lock = root / "dvc.lock"
     if lock.exists():
         tags["dvc_lock_sha256"] = sha256_file(lock)
@@ -106,6 +109,40 @@ def lineage_tags(root: Path) -> dict[str, str]:
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     return tags
+
+
+def run_tags(root: Path) -> dict[str, str]:
+    """`lineage_tags` and the source tags the MLflow UI shows on a run's page: mlflow.source.git.commit and
+    mlflow.source.git.dirty, always git_commit's and git_dirty's values, and mlflow.source.git.branch and
+    mlflow.source.git.repoURL (the `origin` remote, without credentials) where git knows them.
+
+    MLflow sets mlflow.source.git.commit itself when a run starts, from the repository of the entry script (the
+    installed `cdgan`, not the project at `root`), and never again; each stage that opens the run sets both
+    anew, so a later stage at a later commit (evaluate, register) moves them together.
+    """
+    tags = lineage_tags(root)
+    tags[MLFLOW_GIT_COMMIT] = tags["git_commit"]
+    if "git_dirty" not in tags:  # not a git checkout
+        return tags
+    tags[MLFLOW_GIT_DIRTY] = tags["git_dirty"]
+    branch = _git(root, "symbolic-ref", "--short", "-q", "HEAD")  # fails on a detached HEAD: no branch
+    remote = _git(root, "remote", "get-url", "origin")
+    if branch:
+        tags[MLFLOW_GIT_BRANCH] = branch
+    if remote:
+        url = urlparse(remote)
+        if url.scheme in ("http", "https") and "@" in url.netloc:  # https://user:token@host/...: keep the token out
+            remote = url._replace(netloc=url.netloc.rpartition("@")[2]).geturl()
+        tags[MLFLOW_GIT_REPO_URL] = remote
+    return tags
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """git's output in `root`, stripped; None where git fails (no repository, no git, a ref that is not there)."""
+    try:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def run_link(paths: Paths, run_id: str) -> str:
@@ -153,7 +190,7 @@ def sweep_run(params: Params, paths: Paths, name: str, sweep_params: dict[str, A
     run = retried(lambda: mlflow.start_run(experiment_id=experiment_id, run_name=name))
     with _opened(paths, run.info.run_id):
         retried(lambda: mlflow.log_params({f"sweep.{key}": value for key, value in sweep_params.items()}))
-        retried(lambda: mlflow.set_tags(lineage_tags(paths.root) | {"cdgan.kind": "sweep"}))
+        _tag_run(run.info.run_id, run_tags(paths.root) | {"cdgan.kind": "sweep"})
         yield run.info.run_id
 
 
@@ -192,8 +229,18 @@ def tracked_run(params: Params, paths: Paths, run_id: str | None = None) -> Iter
             if paths.dataset.exists():  # the run's training data, in the UI's dataset column
                 dataset = training_dataset(paths.dataset, params.data.dataset)
                 retried(lambda: mlflow.log_input(dataset, context="training"))
-        retried(lambda: mlflow.set_tags(lineage_tags(paths.root) | compute_tags()))
+        _tag_run(run_id, run_tags(paths.root) | compute_tags())
         yield run_id
+
+
+def _tag_run(run_id: str, tags: dict[str, str]) -> None:
+    """Set `tags` on the active run and delete the git source tags (store.SOURCE_TAGS) it lacks: MLflow's own,
+    of the entry script's repository, would otherwise stand beside the project's commit."""
+    retried(lambda: mlflow.set_tags(tags))
+    client = MlflowClient()
+    held = retried(lambda: client.get_run(run_id)).data.tags
+    for key in (store.SOURCE_TAGS & held.keys()) - tags.keys():
+        retried(lambda key=key: client.delete_tag(run_id, key))
 
 
 def set_tags(tags: dict[str, str]) -> None:
@@ -227,6 +274,71 @@ def wait_for_metrics() -> None:
     run = _open.get()
     if run is not None:
         run.wait()
+
+
+def log_image(step: int, key: str, image: np.ndarray) -> None:
+    """Log an (H, W, C) uint8 image into the open run at `step`: one frame of the MLflow UI's image slider `key`
+    (the run's Images tab). Queued for the run's sender thread and kept in its outbox, as `log_metrics`."""
+    _the_open_run().log_image(step, int(time.time() * 1000), key, image)
+
+
+def log_model(
+    step: int, name: str, model: nn.Module, input_shape: tuple[int, ...], output_shape: tuple[int, ...]
+) -> None:
+    """Log torch module `model` into the open run as an MLflow LoggedModel `name` at `step`, with the metrics
+    logged at that step before this call (the model's page shows them; `mlflow.search_logged_models` ranks by
+    them) and the run's params. Its signature: float32 tensors (-1, *input_shape) -> (-1, *output_shape).
+
+    Queued for the run's sender thread and kept in its outbox, as `log_metrics`: pass a copy that nothing
+    changes afterwards. It is pickled (store._saved_as): loading it needs the classes of its modules.
+    """
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *input_shape))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *output_shape))]),
+    )
+    _the_open_run().log_model(step, name, model, signature)
+
+
+def _the_open_run() -> store.OpenRun:
+    run = _open.get()
+    if run is None:
+        raise RuntimeError("log_image and log_model log into the run of a `tracked_run` block; none is open")
+    return run
+
+
+def system_monitor(device: torch.device) -> Callable[[], dict[str, float]]:
+    """A reader of system/* metrics, to log with each log step: the machine's CPU and memory use (cpu_percent,
+    memory_percent) and this process's (process_cpu_percent, 100 per busy core; process_memory_mib); on a CUDA
+    `device`, its utilisation and memory in use by all processes as NVML reports them (gpu_utilization_percent,
+    gpu_memory_mib, gpu_memory_percent) when nvidia-ml-py is installed (`pip install 'cdgan[gpu]'`). CPU figures
+    are averages since the previous read.
+
+    cdgan's own rather than MLflow's monitor thread (`log_system_metrics`), whose store calls would bypass
+    the run's sender, outbox and Ctrl-C handling.
+    """
+    process = psutil.Process()
+    process.cpu_percent()  # the first call of each starts its interval (and returns 0)
+    psutil.cpu_percent()
+    has_nvml = device.type == "cuda" and importlib.util.find_spec("pynvml") is not None
+    if device.type == "cuda" and not has_nvml:
+        _log.warning("no system/gpu_* metrics: they need nvidia-ml-py (pip install 'cdgan[gpu]')")
+    total = torch.cuda.get_device_properties(device).total_memory if has_nvml else 0
+
+    def read() -> dict[str, float]:
+        values = {
+            "system/cpu_percent": psutil.cpu_percent(),
+            "system/memory_percent": psutil.virtual_memory().percent,
+            "system/process_cpu_percent": process.cpu_percent(),
+            "system/process_memory_mib": process.memory_info().rss / 2**20,
+        }
+        if has_nvml:  # NVML queries: no sync with the GPU's work
+            used = torch.cuda.device_memory_used(device)
+            values["system/gpu_utilization_percent"] = torch.cuda.utilization(device)
+            values["system/gpu_memory_mib"] = used / 2**20
+            values["system/gpu_memory_percent"] = 100 * used / total
+        return values
+
+    return read
 
 
 def log_artifact(path: Path, folder: str | None = None) -> None:
