@@ -12,14 +12,16 @@ from typing import Any
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
 
 from cdgan import distributed, tracking
-from cdgan.data import Dataset, RealData, device_or_stream, load_dataset
+from cdgan.data import Dataset, RealData, device_or_stream, load_dataset, mode_centres
 from cdgan.devices import resolve_device
 from cdgan.errors import CdganError
 from cdgan.files import save_torch, sha256_file, write_json
-from cdgan.models import EnergyNet, Generator
+from cdgan.models import EnergyNet, Generator, build_models
 from cdgan.params import Params, Paths
+from cdgan.pictures import sample_picture
 from cdgan.reference import build_scorer
 from cdgan.report import write_csv
 from cdgan.sampler import draw_samples
@@ -37,6 +39,7 @@ from cdgan.train import (
 )
 
 LOSS_KEYS = ("loss_e", "loss_g", "e_real", "e_fake", "grad_norm_g")
+BEST_MODEL = "best_generator"  # the LoggedModel of the sampling generator at each new best training score
 
 
 @dataclass(frozen=True)
@@ -93,11 +96,17 @@ def _train_tracked(
     """Rank 0's training: the MLflow run, the progress bar, scores during training and every output file."""
     scorer = build_scorer(params.data.dataset, real, paths.classifier)
     meta = RunMeta.from_dict(saved["meta"]) if saved is not None else RunMeta(params.model, params.train, real.shape)
+    centres = None if params.data.is_image else mode_centres(params.data.dataset)[0]
+    system = tracking.system_monitor(state.rng.device)
 
     def score(generator: Generator, energy: EnergyNet) -> dict[str, float]:
         # raw G(z), as many samples as `evaluate` scores: FID's bias falls with the sample count (digits: about
         # 1.1-1.9 higher at 1000 than at 10,000), so only then is the history on the scale of fid and fid_gmm
-        return scorer(draw_samples(generator, energy, params.evaluate.n_samples, params.train.seed))
+        x = draw_samples(generator, energy, params.evaluate.n_samples, params.train.seed)
+        # the same seed at every step: the image slider shows the same latents move
+        title = f"{loss_label(params)}, raw G(z), step {state.step}"
+        tracking.log_image(state.step, "train/samples", sample_picture(x, centres, title))
+        return scorer(x)
 
     start = time.perf_counter()
     with tracking.tracked_run(params, paths, meta.mlflow_run_id) as run_id, _progress_bar() as progress:
@@ -108,9 +117,15 @@ def _train_tracked(
 
         def log(step: int, values: dict[str, float]) -> None:
             is_loss = "loss_e" in values
+            if is_loss:
+                tracking.log_metrics(step, values | system())
+            else:  # scores during training (raw G(z), fewer samples) must not shadow evaluate's `fid` in MLflow
+                is_best = _is_best(values, history["scores"], params.data.is_image)
+                tracking.log_metrics(step, {f"train/{k}": v for k, v in values.items()})
+                if is_best:  # after its metrics: the model takes those of its step
+                    generator = _plain_copy(params, state.sampling_generator, real.shape)
+                    tracking.log_model(step, BEST_MODEL, generator, (params.model.z_dim,), real.shape)
             history["losses" if is_loss else "scores"].append({"step": step} | values)
-            # scores during training (raw G(z), fewer samples) must not shadow evaluate's `fid` in MLflow
-            tracking.log_metrics(step, values if is_loss else {f"train/{k}": v for k, v in values.items()})
             info = " ".join(f"{k}={v:.3g}" for k, v in values.items())
             progress.update(task, completed=step, info=info, refresh=True)
 
@@ -127,6 +142,27 @@ def _train_tracked(
         tracking.log_metrics(None, {"train_seconds": seconds})
     resume_path.unlink(missing_ok=True)  # finished: the next run with these params starts fresh
     return TrainResult(run_id, state.step, seconds)
+
+
+def _is_best(values: dict[str, float], earlier: list[dict[str, float]], is_image: bool) -> bool:
+    """Whether the scores `values` beat every `earlier` score of this run (resumed ones included): lower fid
+    for images; for 2-D mixtures more modes, then, among as many modes, a larger hq_frac. evaluation.Objective's
+    order, which this stage cannot import without depending on all of evaluation.py."""
+
+    def rank(scores: dict[str, float]) -> tuple[float, ...]:  # higher is better
+        return (-scores["fid"],) if is_image else (scores["modes"], scores["hq_frac"])
+
+    return all(rank(values) > rank(scores) for scores in earlier)
+
+
+def _plain_copy(params: Params, generator: Generator, data_shape: tuple[int, ...]) -> nn.Module:
+    """`generator` as a network of torch's own modules (its body, then Generator.forward's reshape) on the CPU
+    in eval mode, so that the logged model loads with torch alone; built without drawing from torch's global
+    random stream, which checkpoints save and resumes restore."""
+    with torch.random.fork_rng(devices=[]):
+        copy, _ = build_models(params.model, data_shape)
+    copy.load_state_dict(generator.state_dict())
+    return nn.Sequential(copy.body, nn.Flatten(), nn.Unflatten(1, data_shape)).eval()
 
 
 @contextmanager
