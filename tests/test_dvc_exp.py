@@ -4,7 +4,9 @@ parallel registrations, `dvc exp apply`, and `dvc exp push` / `dvc exp pull` thr
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import shutil
 import time
@@ -113,12 +115,24 @@ def test_queued_experiments_log_into_the_project_s_store_not_their_temporary_cop
 
 
 def test_exp_show_has_fid_modes_and_params_columns(experiments: Experiments) -> None:
-    csv = run(["dvc", "exp", "show", "--csv"], experiments.project).stdout
-    header = csv.splitlines()[0].split(",")
-    assert {"fid", "modes", "train.loss", "train.cd_k", "train.seed"} <= set(header), header
-    for shown in experiments.by_loss.values():
-        evaluation = shown["metrics"]["metrics/eval.json"]
-        assert evaluation["fid"] >= 0 and evaluation["modes"] >= 0
+    # given the table `dvc exp show --csv` prints
+    rows = {
+        row["Experiment"]: row
+        for row in csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], experiments.project).stdout))
+    }
+    for loss, shown in experiments.by_loss.items():
+        # then each experiment's row holds the values its own commit holds: params.yaml, eval.json and the
+        # dvc.lock that recorded them
+        committed = {name: run(["git", "show", f"{shown['rev']}:{name}"], experiments.project).stdout
+                     for name in ("params.yaml", "metrics/eval.json", "dvc.lock")}  # fmt: skip
+        params = yaml.safe_load(committed["params.yaml"])
+        evaluation = json.loads(committed["metrics/eval.json"])
+        row = rows[shown["name"]]
+        assert float(row["fid"]) == pytest.approx(evaluation["fid"]) and int(row["modes"]) == evaluation["modes"]
+        assert row["train.loss"] == params["train"]["loss"] == loss
+        assert int(row["train.cd_k"]) == params["train"]["cd_k"] and int(row["train.seed"]) == params["train"]["seed"]
+        locked = yaml.safe_load(committed["dvc.lock"])["stages"]["train"]["params"]["params.yaml"]
+        assert locked["train"]["loss"] == loss, "dvc.lock recorded the experiment's own params"
 
 
 def test_every_experiment_registers_and_the_champion_is_the_better_one(experiments: Experiments) -> None:

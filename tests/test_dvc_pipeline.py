@@ -75,8 +75,13 @@ def test_fid_during_training_scores_as_many_samples_as_evaluate(dvc_paths: Paths
 def test_repro_then_status_is_clean_and_second_repro_does_nothing(dvc_repo: Path) -> None:
     status = run(["dvc", "status"], dvc_repo)
     assert "up to date" in status.stdout, status.stdout
+    outputs = ("metrics/eval.json", "models/generator.pt", "data/prepared/dataset.npz")
+    before = {out: ((dvc_repo / out).stat().st_mtime_ns, (dvc_repo / out).read_bytes()) for out in outputs}
+    lock = (dvc_repo / "dvc.lock").read_bytes()
     again = run(["dvc", "repro"], dvc_repo)
-    assert "Running stage" not in again.stdout, again.stdout
+    assert all(f"Stage '{stage}' didn't change, skipping" in again.stdout for stage in STAGES), again.stdout
+    assert {out: ((dvc_repo / out).stat().st_mtime_ns, (dvc_repo / out).read_bytes()) for out in outputs} == before
+    assert (dvc_repo / "dvc.lock").read_bytes() == lock
 
 
 # The stages `dvc status` names after an edit to one file: those whose own module imports it, directly or not.
@@ -119,6 +124,47 @@ def test_a_code_edit_reruns_exactly_the_stages_that_import_it(project_copy: Path
         assert changed == [{path: "modified"}], (stage, status[stage])
 
 
+# The stages `dvc status` names after one params key changes: those whose code reads it (train scores its FID
+# history on evaluate.n_samples draws, so that key is train's too).
+PARAM_EDITS = {
+    "data.classifier_epochs": ({"prepare"}, 2),
+    "train.lr": ({"train"}, 0.0015),
+    "evaluate.n_samples": ({"train", "evaluate"}, 150),
+    "model.z_dim": ({"train", "evaluate", "register"}, 8),
+    "sample.langevin_steps": ({"evaluate", "register"}, 3),
+    "register.min_improvement": ({"register"}, 0.5),
+}
+
+
+@pytest.mark.parametrize(("key", "stages", "value"), [(k, *v) for k, v in PARAM_EDITS.items()], ids=list(PARAM_EDITS))
+def test_a_params_edit_reruns_exactly_the_stages_that_read_the_key(
+    project_copy: Path, key: str, stages: set[str], value: object
+) -> None:
+    # given the reproduced project with one params key changed
+    params_file = project_copy / "params.yaml"
+    original = params_file.read_text()
+    raw = yaml.safe_load(original)
+    section, name = key.split(".")
+    assert raw[section][name] != value, "test setup: the edit must change the key"
+    raw[section][name] = value
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    try:
+        # when DVC compares the project with dvc.lock
+        status = json.loads(run(["dvc", "status", "--json"], project_copy).stdout)
+    finally:
+        params_file.write_text(original)
+
+    # then it names exactly the stages that read the key, each for that key alone (or the section holding it,
+    # where the stage tracks a whole section)
+    assert set(status) == stages, f"{key}: {sorted(status)}"
+    for stage in stages:
+        changed = [entry["changed deps"] for entry in status[stage] if "changed deps" in entry]
+        assert changed in ([{"params.yaml": {key: "modified"}}], [{"params.yaml": {section: "modified"}}]), (
+            stage,
+            status[stage],
+        )
+
+
 def test_the_project_s_default_remote_is_a_folder_beside_the_checkout() -> None:
     remotes = run(["dvc", "remote", "list"], REPO).stdout.split()
     assert run(["dvc", "remote", "default"], REPO).stdout.strip() == "local"
@@ -149,8 +195,8 @@ def test_metrics_have_fid_and_the_mlflow_run_id(dvc_repo: Path, dvc_paths: Paths
     evaluation = json.loads(dvc_paths.eval_metrics.read_text())
     assert np.isfinite(evaluation["fid"]) and evaluation["fid"] >= 0
     assert evaluation["mlflow_run_id"] == json.loads(dvc_paths.train_metrics.read_text())["mlflow_run_id"]
-    shown = run(["dvc", "metrics", "show", "--json"], dvc_repo)
-    assert "fid" in shown.stdout
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], dvc_repo).stdout)
+    assert shown[""]["data"]["metrics/eval.json"]["data"]["fid"] == pytest.approx(evaluation["fid"])
 
 
 def test_mlflow_run_has_params_metrics_picture_and_lineage(dvc_repo: Path, dvc_paths: Paths, mlflow_uri: str) -> None:

@@ -121,3 +121,7 @@ def test_the_committed_dvc_lock_was_made_from_the_committed_params() -> None:
         if recorded != value(key)
     }
     assert not stale, f"dvc.lock was made from other params: {sorted(stale)}; run `make run` and commit dvc.lock"
+    # and from the stage's params as dvc.yaml declares them now
+    for stage, entry in lock.items():
+        recorded = set(entry.get("params", {}).get("params.yaml", {}))
+        assert recorded == set(STAGES[stage].get("params", [])), f"dvc.lock: {stage}: run `make run`, commit dvc.lock"
