@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 setup: $(VENV)/.installed  ## create .venv and install cdgan with its tools
 
 run: setup  ## the whole pipeline on the embedded digits data: prepare -> train -> evaluate -> register
-	OMP_NUM_THREADS=2 dvc repro  # digits' conv nets: 27 ms a step on 2 threads, 42 on 1 (README, Models); more untried
+	OMP_NUM_THREADS=2 dvc repro  # the cores of these machines; RESULTS.md has the digits step on 1 and 2 threads
 	dvc metrics show
 
 SLOW_LOG := .pytest-slow.log
@@ -22,15 +22,14 @@ SLOW_LOG := .pytest-slow.log
 # what CI runs: ruff, then the two tiers side by side. The slow tier (single-threaded trainings) runs in the
 # background on two xdist workers, its output in $(SLOW_LOG), printed when both are done; either tier failing
 # fails make. Its trainings are independent, so two workers keep both cores busy while the other tier waits on
-# servers and subprocesses. Each worker that takes a test of tests/test_dvc_exp.py runs its module fixture (about
-# 2 min); --dist loadgroup would keep them on one worker, but with pytest 9.2 it silently acts as --dist load
-# (pytest-xdist issue #1386: its group suffix on node ids no longer takes effect).
+# servers and subprocesses. tests/conftest.py's scheduler keeps tests/test_dvc_exp.py on one worker (its module
+# fixture runs once) and starts the tests marked heavy first; each tier prints its 25 slowest tests.
 test: setup docs  ## what CI runs: the docs build (--strict), ruff, every test: the slow tier in the background
 	ruff check .
-	@pytest -m slow -n 2 --dist load --durations=10 > $(SLOW_LOG) 2>&1 & slow=$$!; \
+	@pytest -m slow -n 2 --durations=25 > $(SLOW_LOG) 2>&1 & slow=$$!; \
 	trap 'kill $$slow 2>/dev/null' INT TERM; \
 	echo "slow tier (quality, dvc exp, serving) running in the background: $(SLOW_LOG)"; \
-	pytest -m "not slow and not quality" --durations=15; rest=$$?; \
+	pytest -m "not slow and not quality" --durations=25; rest=$$?; \
 	wait $$slow; slow_rc=$$?; \
 	echo "===== slow tier ($(SLOW_LOG)) ====="; cat $(SLOW_LOG); \
 	echo "exit codes: slow tier $$slow_rc, the others $$rest"; \
@@ -45,7 +44,7 @@ test-slow: setup  ## only the slow tests (minutes of training each): quality tar
 # the real-image presets' full targets (MNIST, stacked MNIST): 15-30 min of training each, too long for CI, which
 # runs their shortened checks in the slow tier instead (tests/test_quality.py says how their bounds were set)
 test-quality: setup  ## the full quality targets of the real-image presets, one seed each (about an hour)
-	pytest -m quality -n 2 --dist load --durations=10
+	pytest -m quality -n 2 --durations=25
 
 lint: setup
 	ruff format --check .
