@@ -1,4 +1,5 @@
-"""Tests for cdgan.report: grouping runs into mean ± std rows, the Markdown table, the CSV of uneven rows."""
+"""Tests for cdgan.report: grouping runs into mean ± std rows, the Markdown table, the CSV of uneven rows, the
+score history read back."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cdgan.report import summarize, to_markdown, write_csv
+from cdgan.params import Paths
+from cdgan.report import read_scores, summarize, to_markdown, write_csv
 
 # Five runs of a sweep over loss x seed; the bce runs have no `modes`
 RUNS = [
@@ -81,3 +83,17 @@ def test_a_nan_value_makes_its_group_nan_instead_of_failing() -> None:
     (cd,) = summarize(rows, ["loss"], ["seconds_to_target"])
     # then the group's figure is NaN (statistics.stdev raised on NaN before), not the mean of the runs that made it
     assert cd["n"] == 2 and math.isnan(cd["seconds_to_target_mean"]) and math.isnan(cd["seconds_to_target_std"])
+
+
+def test_read_scores_gives_back_the_history_the_train_stage_writes(tmp_path: Path) -> None:
+    # given a score history written as the train stage writes it, one step without hq_frac
+    paths = Paths(tmp_path)
+    history = [{"step": 50, "modes": 20, "hq_frac": 0.25}, {"step": 100, "modes": 24}, {"step": 150, "modes": 25.0}]
+    write_csv(paths.train_plots / "scores.csv", history)
+    # when it is read back, then each row holds the same numbers as floats, and no key that row lacked
+    scores = read_scores(paths)
+    assert scores == history
+    assert all(isinstance(value, float) for row in scores for value in row.values())
+    # and a history with no scoring step (eval_every 0: a header-only file) is empty
+    write_csv(paths.train_plots / "scores.csv", [])
+    assert read_scores(paths) == []

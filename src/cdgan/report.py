@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cdgan.files import write_atomic
+from cdgan.params import Paths
 
 Row = dict[str, float | int | str]
 
@@ -52,3 +53,10 @@ def write_csv(path: Path, rows: Sequence[Row]) -> Path:
             writer.writerows(rows)
 
     return write_atomic(path, write)
+
+
+def read_scores(paths: Paths) -> list[dict[str, float]]:
+    """The train stage's score history, plots/train/scores.csv (written by `write_csv`): a row per scoring step,
+    `step` and the metrics scored there as floats; a metric that step lacks is left out of its row."""
+    with (paths.train_plots / "scores.csv").open(newline="") as f:
+        return [{key: float(value) for key, value in row.items() if value != ""} for row in csv.DictReader(f)]
