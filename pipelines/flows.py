@@ -1,11 +1,9 @@
 """Prefect flows: `cdgan-pipeline` (the four DVC stages as tasks) and `cdgan-sweep` (a grid of trials,
-each a full `dvc repro` in its own workspace, on local threads or a Dask cluster, then one comparison report)."""
+each a full `dvc repro` in its own workspace, on local threads or a Dask cluster, then one comparison report).
+Their console scripts are in pipelines.cli."""
 
 from __future__ import annotations
 
-import argparse
-import csv
-import itertools
 import json
 import math
 import os
@@ -13,11 +11,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +22,22 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
-from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from cdgan import tracking
 from cdgan.errors import CdganError
 from cdgan.evaluation import Objective, objective_for
 from cdgan.files import read_json, write_atomic
-from cdgan.params import Params, Paths, parse_params, read_params_yaml
-from cdgan.presets import apply_preset, overlay_params
-from cdgan.report import summarize, to_markdown, write_csv
+from cdgan.params import Params, Paths
+from cdgan.report import read_scores, summarize, to_markdown, write_csv
+from pipelines.overrides import (
+    expand_grid,
+    resolve_params,
+    sweep_params,
+    trial_name,
+    with_overrides,
+    write_project_params,
+)
 
 STAGES = ("prepare", "train", "evaluate", "register")  # dvc.yaml order; tests/pipelines/test_flows.py compares them
 RETRIES = {"register": 2}  # only register reaches a tracking server; training is never retried
@@ -43,7 +46,6 @@ TRIAL_FILES = ("dvc.yaml", ".dvcignore", "src")  # what a sweep trial's workspac
 SEED_KEYS = {"train.seed", "data.seed", "evaluate.seed"}  # varied to repeat a setting, not to compare settings
 MAX_PARALLEL = 2  # concurrent sweep trials; change with cdgan_sweep.with_options(task_runner=...)
 CONNECT_SECONDS = 10  # to reach the Dask scheduler of `cdgan_sweep(cluster=...)` before giving up
-EPHEMERAL_START_SECONDS = 120  # Prefect's 20 s default timed out here on a first start beside two trainings
 
 
 def _run_streaming(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
@@ -117,53 +119,7 @@ def cdgan_pipeline(
     return metrics
 
 
-def _with_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """params.yaml content with dotted overrides applied: {"train.loss": "bce"} sets raw["train"]["loss"]."""
-    # an empty section (`sample:` alone) reads as null; one that is not a mapping is left for parse_params to name
-    out = {
-        section: {} if values is None else dict(values) if isinstance(values, dict) else values
-        for section, values in raw.items()
-    }
-    for key, value in overrides.items():
-        section, _, name = key.partition(".")
-        out.setdefault(section, {})[name] = value
-    return out
-
-
-def resolve_params(project: Path, params_path: str | Path, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The raw params a flow runs: `params_path` (relative to `project`) on top of the project's params.yaml, then
-    the dotted `overrides`; not yet validated.
-
-    A preset is an overlay (presets/*.yaml hold only the keys they change), so a key it lacks keeps params.yaml's
-    value, never the schema's default; a full params file replaces every key it has; params.yaml on itself is
-    itself.
-    """
-    base = read_params_yaml(project / "params.yaml")
-    return _with_overrides(overlay_params(base, read_params_yaml(project / params_path)), overrides)
-
-
-def write_project_params(project: Path, params_path: str | Path, overrides: dict[str, Any]) -> Params:
-    """Validate `resolve_params`, then write the keys it changes into the project's params.yaml through
-    `apply_preset`: its other keys, order and comments stay, and it is not rewritten when nothing changes."""
-    raw = resolve_params(project, params_path, overrides)
-    params = parse_params(raw, str(params_path))
-    overlay = _with_overrides(read_params_yaml(project / params_path), overrides)
-    with tempfile.TemporaryDirectory() as tmp:
-        preset = Path(tmp) / "overlay.yaml"
-        preset.write_text(yaml.safe_dump(overlay, sort_keys=False))
-        apply_preset(project / "params.yaml", preset)
-    return params
-
-
-def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
-
-
-def trial_name(overrides: dict[str, Any]) -> str:
-    return ",".join(f"{key.split('.')[-1]}={value}" for key, value in overrides.items()) or "base"
-
-
-def _where() -> dict[str, str]:
+def worker_tags() -> dict[str, str]:
     """MLflow tags naming the process that runs this trial: host:pid, and its Dask worker's address on a cluster."""
     tags = {"cdgan.worker": f"{socket.gethostname()}:{os.getpid()}"}
     if "distributed" in sys.modules:  # imported only where a sweep runs on Dask
@@ -182,7 +138,7 @@ def make_workspace(project: Path, workspace: Path, raw: dict[str, Any]) -> None:
     """
     if not (project / "dvc.yaml").is_file():
         raise CdganError(
-            f"{project / 'dvc.yaml'} not found on {_where()['cdgan.worker']}: trials run in the flow's project "
+            f"{project / 'dvc.yaml'} not found on {worker_tags()['cdgan.worker']}: trials run in the flow's project "
             "path, so it must be on a filesystem shared by the flow and every Dask worker, at the same path"
         )
     if workspace.exists():
@@ -203,7 +159,7 @@ def run_trial(project: Path, workspace: Path, raw: dict[str, Any], env: dict[str
     """One trial: a fresh workspace with the project's pipeline and these params, `dvc repro evaluate` in it."""
     make_workspace(project, workspace, raw)
     # MLflow adds the JSON in MLFLOW_RUN_CONTEXT to the tags of every run it starts: here the trial's own run
-    tags = json.loads(os.environ.get("MLFLOW_RUN_CONTEXT", "{}")) | _where()
+    tags = json.loads(os.environ.get("MLFLOW_RUN_CONTEXT", "{}")) | worker_tags()
     _run_streaming(["dvc", "repro", "evaluate"], workspace, env | {"MLFLOW_RUN_CONTEXT": json.dumps(tags)})
     return read_json(Paths(workspace).eval_metrics)
 
@@ -219,9 +175,9 @@ def trial_env(paths: Paths, parent_id: str, cluster: str | None) -> dict[str, st
 
 
 @contextmanager
-def trial_runner(cluster: str | None, flow_name: str, modules: tuple[str, ...] = (__name__,)) -> Iterator[TaskRunner]:
-    """The flow's own thread pool, or a DaskTaskRunner connected to the scheduler at `cluster` (tcp://host:8786)
-    to which the trial code of `modules` travels by value.
+def trial_runner(cluster: str | None, flow_name: str) -> Iterator[TaskRunner]:
+    """The flow's own thread pool, or a DaskTaskRunner connected to the scheduler at `cluster` (tcp://host:8786).
+    Workers import the trial code from the pipelines package of their environment, as they import cdgan.
 
     Raises CdganError when the dask extra is missing or the scheduler cannot be reached.
     """
@@ -229,7 +185,6 @@ def trial_runner(cluster: str | None, flow_name: str, modules: tuple[str, ...] =
         yield FlowRunContext.get().task_runner
         return
     try:
-        import cloudpickle
         from distributed.comm.addressing import get_address_host_port, normalize_address
         from prefect_dask import DaskTaskRunner
     except ImportError:
@@ -243,10 +198,6 @@ def trial_runner(cluster: str | None, flow_name: str, modules: tuple[str, ...] =
         socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
     except OSError as err:
         raise CdganError(f"Dask scheduler {cluster} is unreachable ({err}); {how_to}") from None
-    # workers need not import the pipelines modules (a deployment loads them as `flows`, the CLI as `__main__`):
-    # the trial's code travels with it; cdgan, prefect, optuna and distributed come from the worker's environment
-    for module in modules:
-        cloudpickle.register_pickle_by_value(sys.modules[module])
     with DaskTaskRunner(address=cluster, client_kwargs={"timeout": CONNECT_SECONDS}) as runner:
         try:
             workers = runner.client.scheduler_info()["workers"]
@@ -280,9 +231,7 @@ def cdgan_sweep(
     project = Path(project_dir).resolve()
     raw = resolve_params(project, params_path, base or {})
     trials = expand_grid(grid)
-    params: list[Params] = [parse_params(_with_overrides(raw, t), f"sweep trial {trial_name(t)}") for t in trials]
-    if len({p.data.dataset for p in params}) != 1:
-        raise CdganError("cdgan-sweep: all trials must share data.dataset (one MLflow experiment per data set)")
+    params = sweep_params(raw, grid)
     paths = Paths(project)
     sweep_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with (
@@ -294,7 +243,7 @@ def cdgan_sweep(
         futures = [
             runner.submit(
                 run_trial.with_options(task_run_name=trial_name(t)),
-                {"project": project, "workspace": w, "raw": _with_overrides(raw, t), "env": env},
+                {"project": project, "workspace": w, "raw": with_overrides(raw, t), "env": env},
             )
             for t, w in zip(trials, workspaces, strict=True)
         ]
@@ -324,10 +273,8 @@ def seconds_to_target(paths: Paths, evaluation: dict[str, Any], objective: Objec
     reached it."""
     train = read_json(paths.train_metrics)
     per_step = train["train_seconds"] / train["steps"]
-    with (paths.train_plots / "scores.csv").open() as f:
-        history = list(csv.DictReader(f))
     target, metric = objective.target_value(evaluation), objective.metric
-    hits = [r for r in history if r.get(metric) and objective.reaches(float(r[metric]), target)]
+    hits = [r for r in read_scores(paths) if metric in r and objective.reaches(r[metric], target)]
     return int(hits[0]["step"]) * per_step if hits else float("nan")
 
 
@@ -367,51 +314,3 @@ def write_report(
     )
     write_atomic(out / f"{name}.md", lambda tmp: tmp.write_text(markdown))
     return markdown
-
-
-def _key_values(items: list[str]) -> dict[str, list[Any]]:
-    """["train.loss=cd,bce", ...] -> {"train.loss": ["cd", "bce"]}, each value parsed as YAML (numbers stay numbers)."""
-    out = {}
-    for item in items:
-        key, sep, values = item.partition("=")
-        if not sep:
-            raise CdganError(f"{item!r}: expected KEY=VALUE[,VALUE...], e.g. train.loss=cd,bce")
-        out[key] = [yaml.safe_load(v) for v in values.split(",")]
-    return out
-
-
-def patient_ephemeral_server() -> AbstractContextManager[object]:
-    """Without PREFECT_API_URL a flow run starts a temporary server, which Prefect waits 20 s for: too short on
-    a busy machine, where the first start also migrates the database. An explicit setting is left alone."""
-    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
-        return nullcontext()
-    return temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_START_SECONDS})
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Run cdgan-pipeline, or cdgan-sweep with --grid.")
-    parser.add_argument(
-        "--params", default="params.yaml", help="params file or preset, relative to --project, put on its params.yaml"
-    )
-    parser.add_argument("--project", default=".", help="project directory holding dvc.yaml")
-    parser.add_argument("--grid", action="append", default=[], help="sweep: KEY=V1,V2 (repeatable)")
-    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE override (every trial of a sweep)")
-    parser.add_argument("--name", default="loss_comparison", help="sweep: report name under reports/")
-    parser.add_argument(
-        "--cluster",
-        metavar="ADDRESS",
-        help="sweep: run the trials on the Dask scheduler at ADDRESS (tcp://host:8786) instead of "
-        f"{MAX_PARALLEL} local threads; needs pip install -e '.[dask]' and the project on a shared filesystem",
-    )
-    args = parser.parse_args()
-    if args.cluster and not args.grid:
-        parser.error("--cluster runs sweep trials: give --grid too")
-    try:
-        overrides = {key: values[0] for key, values in _key_values(args.set).items()}
-        with patient_ephemeral_server():
-            if args.grid:
-                cdgan_sweep(_key_values(args.grid), overrides, args.project, args.name, args.params, args.cluster)
-            else:
-                cdgan_pipeline(params_path=args.params, project_dir=args.project, overrides=overrides)
-    except CdganError as err:
-        raise SystemExit(f"cdgan: error: {err}") from None  # one line, no traceback

@@ -1,6 +1,6 @@
 """The Optuna side of `cdgan-tune`: the YAML search space, the study in its storage (created, continued, its
 interrupted trials queued again), the objective, and what a finished study leaves: the best params as a preset
-(an overlay of params.yaml), plots and a summary. No Prefect here: pipelines/tune.py runs the trials as a flow."""
+(an overlay of params.yaml), plots and a summary. No Prefect here: pipelines.tune runs the trials as a flow."""
 
 from __future__ import annotations
 
@@ -24,12 +24,8 @@ from optuna.trial import FrozenTrial, TrialState
 from cdgan.errors import CdganError
 from cdgan.evaluation import objective_for
 from cdgan.files import write_atomic
-from cdgan.params import DataParams, parse_params, read_params_yaml
-
-try:  # pytest and Prefect's entrypoint loader have the project root on sys.path
-    from pipelines import flows
-except ImportError:  # `python pipelines/tune.py`: only pipelines/ is
-    import flows
+from cdgan.params import DataParams, Params, parse_params, read_params_yaml
+from pipelines.overrides import resolve_params, with_overrides
 
 SPACE_TYPES = ("float", "int", "categorical")
 SPACE_FIELDS = {"float": {"low", "high", "log"}, "int": {"low", "high", "log"}, "categorical": {"choices"}}
@@ -49,6 +45,21 @@ class StudyRef(NamedTuple):
 
 def default_storage(project: Path) -> str:
     return f"sqlite:///{project / 'sweeps' / 'optuna.db'}"
+
+
+def study_inputs(
+    project: Path, space: str, trials: int, params_path: str, base: dict[str, Any]
+) -> tuple[dict[str, Any], Params, dict[str, BaseDistribution]]:
+    """What a study runs, validated before any trial: the raw params (`params_path` on the project's params.yaml,
+    then the dotted `base` overrides), them parsed, and the search space in `space`. Raises CdganError."""
+    if not (project / "dvc.yaml").is_file():
+        raise CdganError(f"{project / 'dvc.yaml'} not found: cdgan-tune runs the pipeline of a project directory")
+    raw = resolve_params(project, params_path, base)
+    params = parse_params(raw, str(params_path))
+    distributions = read_space(project / space, raw)
+    if trials < 1:
+        raise CdganError(f"cdgan-tune: trials must be >= 1 (got {trials})")
+    return raw, params, distributions
 
 
 def read_space(path: Path, raw: dict[str, Any]) -> dict[str, BaseDistribution]:
@@ -78,7 +89,7 @@ def read_space(path: Path, raw: dict[str, Any]) -> dict[str, BaseDistribution]:
         )
         for value in values:
             try:
-                parse_params(flows._with_overrides(raw, {key: value}), f"{key}={value!r}")
+                parse_params(with_overrides(raw, {key: value}), f"{key}={value!r}")
             except CdganError as err:
                 problems.append(str(err))
     if problems:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -31,16 +30,11 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cdgan import tracking
-from cdgan.errors import CdganError
 from cdgan.evaluation import Objective, objective_for
 from cdgan.files import read_json
-from cdgan.params import Paths, parse_params
-
-try:  # pytest and Prefect's entrypoint loader have the project root on sys.path
-    from pipelines import flows, studies
-except ImportError:  # `python pipelines/tune.py`: only pipelines/ is
-    import flows
-    import studies
+from cdgan.params import Paths
+from pipelines import flows, studies
+from pipelines.overrides import trial_name, with_overrides
 
 PARALLEL = flows.MAX_PARALLEL  # trials in flight at once; the cores are split between them
 POLL_SECONDS = 3.0  # between reads of a running trial's score history in MLflow (and study bookkeeping)
@@ -144,7 +138,7 @@ def tune_trial(
     logger = get_run_logger()
     trial = studies.load_trial(study, number)
     flows.make_workspace(project, workspace, raw)
-    tags = json.loads(os.environ.get("MLFLOW_RUN_CONTEXT", "{}")) | flows._where() | {TRIAL_TAG: str(trial.number)}
+    tags = json.loads(os.environ.get("MLFLOW_RUN_CONTEXT", "{}")) | flows.worker_tags() | {TRIAL_TAG: str(trial.number)}
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # dvc and cdgan of this venv
     cmd = ["dvc", "repro", "evaluate"]
     tail: deque[str] = deque(maxlen=flows.TAIL_LINES)
@@ -197,7 +191,7 @@ def cdgan_tune(
 ) -> dict[str, Any]:
     """Grow the Optuna study `name` to `trials` finished (complete or pruned) trials over the search space in
     `space` (a YAML file relative to the project), on top of `params_path` (put on the project's params.yaml, as
-    in `flows.resolve_params`) and the dotted `base` overrides.
+    in `pipelines.overrides.resolve_params`) and the dotted `base` overrides.
 
     The study lives in `storage` (an Optuna RDB URL; default sqlite under sweeps/optuna.db), so running the
     flow again with the same name continues it: trials a killed run left RUNNING are marked failed and queued
@@ -214,19 +208,12 @@ def cdgan_tune(
     """
     logger = get_run_logger()
     project = Path(project_dir).resolve()
-    if not (project / "dvc.yaml").is_file():
-        raise CdganError(f"{project / 'dvc.yaml'} not found: cdgan-tune runs the pipeline of a project directory")
-    raw = flows.resolve_params(project, params_path, base or {})
-    params = parse_params(raw, str(params_path))
-    distributions = studies.read_space(project / space, raw)
-    if trials < 1:
-        raise CdganError(f"cdgan-tune: trials must be >= 1 (got {trials})")
+    raw, params, distributions = studies.study_inputs(project, space, trials, params_path, base or {})
     objective = objective_for(params.data.is_image)
     storage = storage or studies.default_storage(project)
     paths = Paths(project)
     about = {"study": name, "storage": storage, "space": space, "trials": trials, "cluster": cluster}
-    modules = (__name__, flows.__name__, studies.__name__)  # the trial's code, sent to Dask workers by value
-    with flows.trial_runner(cluster, "cdgan-tune", modules) as runner:  # an unreachable cluster fails here, first
+    with flows.trial_runner(cluster, "cdgan-tune") as runner:  # an unreachable cluster fails here, first
         study = studies.open_study(storage, name, params.data, distributions, logger)
         run_name = f"tune-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         with tracking.sweep_run(params, paths, run_name, about) as parent_id:
@@ -237,9 +224,7 @@ def cdgan_tune(
             ref = studies.StudyRef(storage, name, study.pruner)
             failure = _run_trials(study, ref, distributions, trials, project, raw, env, objective, runner, slots)
             best = studies.best_trial(study, failure)
-            preset = studies.write_preset(
-                project, name, flows._with_overrides(raw, best.params), study, best, objective.name
-            )
+            preset = studies.write_preset(project, name, with_overrides(raw, best.params), study, best, objective.name)
             pictures = studies.write_plots(study, project / "reports" / f"tune-{name}")
             markdown = studies.write_summary(
                 project / "reports" / f"tune-{name}.md", study, best, objective.name, storage, preset
@@ -281,11 +266,11 @@ def _run_trials(
             trial = study.ask(distributions)
             trial.set_user_attr(studies.OWNER_ATTR, owner)
             overrides = dict(trial.params)
-            logger.info("trial %d: %s", trial.number, flows.trial_name(overrides))
+            logger.info("trial %d: %s", trial.number, trial_name(overrides))
             workspace = project / "sweeps" / study.study_name / f"trial-{trial.number:03d}"
             running[trial.number] = runner.submit(
                 tune_trial.with_options(task_run_name=f"trial-{trial.number}"),
-                {"project": project, "workspace": workspace, "raw": flows._with_overrides(raw, overrides),
+                {"project": project, "workspace": workspace, "raw": with_overrides(raw, overrides),
                  "env": env, "study": ref, "number": trial.number, "objective": objective},
             )  # fmt: skip
         if not running:
@@ -302,32 +287,3 @@ def _run_trials(
                 failure = failure or result
             else:
                 logger.info("trial %d: %s %s", number, result.state.name.lower(), result.value)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Run cdgan-tune: an Optuna study over a YAML search space.")
-    parser.add_argument("--space", default="presets/tune-digits.yaml", help="search space file, relative to --project")
-    parser.add_argument("--trials", type=int, default=20, help="finished trials the study should have")
-    parser.add_argument("--name", default="digits", help="study name: rerun with it to continue the study")
-    parser.add_argument(
-        "--params", default="params.yaml", help="params file or preset, relative to --project, put on its params.yaml"
-    )
-    parser.add_argument("--project", default=".", help="project directory holding dvc.yaml")
-    parser.add_argument("--storage", help="Optuna RDB URL (default: sqlite:///PROJECT/sweeps/optuna.db)")
-    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE override of the base params")
-    parser.add_argument(
-        "--cluster",
-        metavar="ADDRESS",
-        help="run the trials on the Dask scheduler at ADDRESS (tcp://host:8786) instead of local threads; needs "
-        "pip install -e '.[dask]', the project on a shared filesystem and a storage the workers reach",
-    )
-    args = parser.parse_args()
-    try:
-        overrides = {key: values[0] for key, values in flows._key_values(args.set).items()}
-        with flows.patient_ephemeral_server():
-            best = cdgan_tune(
-                args.space, args.trials, args.name, args.params, args.project, args.storage, overrides, args.cluster
-            )
-    except CdganError as err:
-        raise SystemExit(f"cdgan: error: {err}") from None  # one line, no traceback
-    print(json.dumps(best, indent=2))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -23,7 +22,7 @@ from prefect.settings import PREFECT_API_URL
 from cdgan.errors import CdganError
 from cdgan.evaluation import MIXTURE_OBJECTIVE
 from pipelines import flows, studies, tune
-from tests.conftest import BIN, REPO, make_project, run, tiny_raw
+from tests.conftest import BIN, make_project, run, tiny_raw
 from tests.pipelines.conftest import client_env, free_port, serving
 
 N_WORKERS = 2
@@ -33,8 +32,8 @@ N_WORKERS = 2
 def dask_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The address of a `dask scheduler` with N_WORKERS `dask worker` processes of one thread each.
 
-    The workers start outside the repo with nothing on PYTHONPATH, as on a cluster node: they import cdgan,
-    prefect and distributed from the venv, never this checkout's `pipelines` or `tests`.
+    The workers start outside the repo with nothing on PYTHONPATH, as on a cluster node: they import cdgan and
+    pipelines (the trials' code) as the venv installed them, prefect and distributed, never this checkout's `tests`.
     """
     root = tmp_path_factory.mktemp("dask")
     address = f"tcp://127.0.0.1:{free_port()}"
@@ -174,7 +173,7 @@ def test_bad_or_unreachable_scheduler_fails_before_any_trial(tmp_path: Path) -> 
     assert not (project / "sweeps").exists()
 
     # and the CLI ends on that one error line and exits non-zero
-    cli = [sys.executable, str(REPO / "pipelines" / "flows.py"), "--project", str(project)]
+    cli = [str(BIN / "cdgan-sweep"), "--project", str(project)]
     result = run([*cli, "--grid", "train.seed=0,1", "--cluster", address], project, check=False,
                  env={"PREFECT_API_URL": PREFECT_API_URL.value()})  # fmt: skip
     assert result.returncode == 1, result.stderr

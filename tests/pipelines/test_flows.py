@@ -15,9 +15,9 @@ from prefect.client.schemas.objects import TaskRun
 
 from cdgan.errors import CdganError
 from cdgan.evaluation import IMAGE_OBJECTIVE, MIXTURE_OBJECTIVE, Objective
-from cdgan.params import Paths, TrainParams, load_params
+from cdgan.params import Paths
 from pipelines import flows
-from tests.conftest import REPO, TINY, make_project, run, tiny_raw
+from tests.conftest import REPO, make_project, run, tiny_raw
 
 
 def task_runs(flow_run_id: UUID) -> list[TaskRun]:
@@ -138,67 +138,6 @@ def test_pipeline_overrides_are_validated_then_written_to_params_yaml(tmp_path: 
         flows.cdgan_pipeline(params_path="absent.yaml", project_dir=str(project))
 
 
-def _overlay_project(tmp_path: Path) -> tuple[Path, str]:
-    """A project directory whose params.yaml (a comment included) sets digits keys a preset does not touch, and
-    an overlay preset in presets/ that changes two keys."""
-    project = tmp_path / "project"
-    project.mkdir()
-    text = yaml.safe_dump(tiny_raw(train={"batch_size": 128}), sort_keys=False)
-    (project / "params.yaml").write_text("# my project\n" + text.replace("  seed: 0\n", "  seed: 0  # mine\n", 1))
-    (project / "presets").mkdir()
-    (project / "presets" / "short.yaml").write_text(yaml.safe_dump({"train": {"steps": 12, "cd_k": 3}}))
-    return project, "presets/short.yaml"
-
-
-def test_a_preset_goes_on_top_of_params_yaml_and_overrides_on_top_of_both(tmp_path: Path) -> None:
-    # given a project and an overlay preset that sets train.steps and train.cd_k only
-    project, preset = _overlay_project(tmp_path)
-    base = yaml.safe_load((project / "params.yaml").read_text())
-
-    # when the flows resolve the params for the preset with an override of one of its keys
-    raw = flows.resolve_params(project, preset, {"train.cd_k": 5})
-
-    # then the preset's other key and the override are in, and every other key is params.yaml's, not a default
-    assert raw["train"]["steps"] == 12 and raw["train"]["cd_k"] == 5
-    assert raw["train"]["batch_size"] == 128 != TrainParams().batch_size, "params.yaml's value, not the schema's"
-    assert raw == {**base, "train": {**base["train"], "steps": 12, "cd_k": 5}}
-    # and params.yaml on itself is itself
-    assert flows.resolve_params(project, "params.yaml", {}) == base
-
-
-def test_pipeline_writes_only_the_changed_keys_into_params_yaml(tmp_path: Path) -> None:
-    # given a project with a commented params.yaml and an overlay preset
-    project, preset = _overlay_project(tmp_path)
-    before = (project / "params.yaml").read_text()
-
-    # when the flow's params step runs with the preset and an override
-    params = flows.write_project_params(project, preset, {"train.lr": 0.001})
-
-    # then params.yaml holds the preset and the override on its own keys, and only those lines changed
-    after = (project / "params.yaml").read_text()
-    assert load_params(project / "params.yaml") == params
-    assert (params.train.steps, params.train.cd_k, params.train.lr) == (12, 3, 0.001)
-    assert params.train.batch_size == 128 and params.train.log_every == TINY["train"]["log_every"]
-    changed = [(old, new) for old, new in zip(before.splitlines(), after.splitlines(), strict=True) if old != new]
-    assert sorted(new.split(":")[0].strip() for _, new in changed) == ["cd_k", "lr", "steps"], changed
-    assert after.startswith("# my project\n") and "  seed: 0  # mine\n" in after, "the user's comments stay"
-
-    # and the default run (params.yaml, no overrides) leaves the file alone: DVC sees no edit
-    mtime = (project / "params.yaml").stat().st_mtime_ns
-    assert flows.write_project_params(project, "params.yaml", {}) == params
-    assert (project / "params.yaml").read_text() == after
-    assert (project / "params.yaml").stat().st_mtime_ns == mtime
-
-
-def test_a_bad_key_in_a_preset_leaves_params_yaml_untouched(tmp_path: Path) -> None:
-    project, _ = _overlay_project(tmp_path)
-    before = (project / "params.yaml").read_bytes()
-    (project / "presets" / "bad.yaml").write_text(yaml.safe_dump({"train": {"cd_kk": 3}}))
-    with pytest.raises(CdganError, match=r"presets/bad\.yaml: train\.cd_kk"):
-        flows.write_project_params(project, "presets/bad.yaml", {})
-    assert (project / "params.yaml").read_bytes() == before
-
-
 @pytest.mark.parametrize(
     ("objective", "history", "evaluation", "expected"),
     [
@@ -222,18 +161,3 @@ def test_seconds_to_target_reads_the_score_history(
     seconds = flows.seconds_to_target(paths, evaluation, objective)
     # then
     assert seconds == pytest.approx(expected, nan_ok=True)
-
-
-def test_the_cli_waits_longer_for_prefects_temporary_server_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
-    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as TIMEOUT
-
-    # given no setting of the user's: the flows' CLI waits EPHEMERAL_START_SECONDS, Prefect's own default after
-    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
-    default = TIMEOUT.value()
-    with flows.patient_ephemeral_server():
-        assert TIMEOUT.value() == flows.EPHEMERAL_START_SECONDS > default
-    assert TIMEOUT.value() == default
-    # given the user's own setting: left as it is
-    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "7")
-    with flows.patient_ephemeral_server():
-        assert TIMEOUT.value() != flows.EPHEMERAL_START_SECONDS  # not overridden: the user's 7 s stands
