@@ -1,6 +1,7 @@
 """The docs say what the code does: every command in the README's, RESULTS.md's and the docs' code names a real
-make target, `cdgan` subcommand, script, DVC command and flag; every params key they name exists; their relative
-links resolve. (`make docs` builds the site with --strict, which checks the links between its own pages.)"""
+make target, `cdgan` subcommand, console script, script, DVC command and flag; every params key they name exists;
+their relative links resolve. (`make docs` builds the site with --strict, which checks the links between its own
+pages.)"""
 
 from __future__ import annotations
 
@@ -9,21 +10,29 @@ import ast
 import importlib.util
 import re
 import shlex
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+import typer
 import yaml
 from dvc.cli.parser import get_main_parser
 
 from cdgan.params import Params
+from pipelines import cli as pipelines_cli
 from tests.conftest import REPO
 
 DOCS = [REPO / "README.md", REPO / "RESULTS.md", *sorted((REPO / "docs").rglob("*.md"))]
 SHELL_FENCES = {"", "bash", "sh", "shell", "console"}  # fenced blocks read as commands; python, yaml, text are not
-PROGRAMS = {"make", "cdgan", "dvc", "python", "torchrun", "prefect"}
+FLOW_SCRIPTS = {  # the console scripts of the pipelines package and their typer apps
+    "cdgan-pipeline": pipelines_cli.pipeline_app,
+    "cdgan-sweep": pipelines_cli.sweep_app,
+    "cdgan-tune": pipelines_cli.tune_app,
+}
+PROGRAMS = {"make", "cdgan", "dvc", "python", "torchrun", "prefect", *FLOW_SCRIPTS}
 SECTIONS = "|".join(Params.model_fields)
 # a dotted params key: `train.cd_k`, not `cdgan.train`, `tests/test_train.py` or `metrics/train.json`
 PARAM_KEY = re.compile(rf"(?<![\w./-])({SECTIONS})\.([a-z_][a-z0-9_]*)\b")
@@ -107,8 +116,12 @@ def _argparse_flags(script: Path) -> set[str]:
 
 
 def _check_cdgan(args: list[str]) -> str | None:
-    command: Any = gen_commands.cli_command()
-    words = ["cdgan"]
+    return _check_click(gen_commands.cli_command(), "cdgan", args)
+
+
+def _check_click(command: Any, program: str, args: list[str]) -> str | None:
+    """Why `program args` names a subcommand or option that the click command (or group) lacks, or None."""
+    words = [program]
     rest = list(args)
     while hasattr(command, "commands"):
         if not rest or rest[0] in {"--help", "-h"}:
@@ -149,8 +162,8 @@ def _deployments() -> set[str]:
     """`<flow name>/<deployment name>` of each deployment in prefect.yaml, the flow's name read from its source."""
     out = set()
     for deployment in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]:
-        file, function = deployment["entrypoint"].split(":")
-        for node in ast.walk(ast.parse((REPO / file).read_text())):
+        module, _, function = deployment["entrypoint"].rpartition(".")  # a module path: pipelines.flows.cdgan_sweep
+        for node in ast.walk(ast.parse(REPO.joinpath(*module.split(".")).with_suffix(".py").read_text())):
             if isinstance(node, ast.FunctionDef) and node.name == function:
                 keywords = [k for d in node.decorator_list for k in getattr(d, "keywords", [])]
                 out |= {f"{k.value.value}/{deployment['name']}" for k in keywords if k.arg == "name"}
@@ -166,6 +179,8 @@ def check_command(command: list[str]) -> str | None:
         return f"the Makefile has no target {missing}" if missing else None
     if program == "cdgan":
         return _check_cdgan(args)
+    if program in FLOW_SCRIPTS:
+        return _check_click(typer.main.get_command(FLOW_SCRIPTS[program]), program, args)
     if program == "torchrun" and args:  # `torchrun` alone is a name in prose
         return _check_cdgan(args[args.index("cdgan") + 1 :]) if "cdgan" in args else "torchrun without -m cdgan"
     if program == "dvc":
@@ -186,7 +201,14 @@ def check_command(command: list[str]) -> str | None:
 def test_the_docs_show_commands_of_every_kind() -> None:
     # given the commands in the docs; then the check below reads some of each kind (a broken parser reads none)
     programs = {command[0] for _, command in documented_commands()}
-    assert {"make", "cdgan", "dvc", "python"} <= programs, programs
+    assert {"make", "cdgan", "dvc", "python", *FLOW_SCRIPTS} <= programs, programs
+
+
+def test_every_console_script_is_checked() -> None:
+    # given the console scripts pyproject.toml installs; then the check above knows each of them
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"cdgan", *FLOW_SCRIPTS}, scripts
+    assert all(scripts[name] == f"pipelines.cli:{name.removeprefix('cdgan-')}_main" for name in FLOW_SCRIPTS)
 
 
 @pytest.mark.parametrize(("where", "command"), documented_commands(), ids=lambda v: v if isinstance(v, str) else "")
@@ -206,7 +228,10 @@ def test_each_documented_command_exists(where: str, command: list[str]) -> None:
         ["make", "docs-server"],
         ["dvc", "exp", "runn"],
         ["dvc", "exp", "show", "--sort", "fid"],
-        ["python", "pipelines/flows.py", "--grids", "train.seed=0,1"],
+        ["cdgan-sweep", "--grids", "train.seed=0,1"],
+        ["cdgan-tune", "--trails", "3"],
+        ["cdgan-pipeline", "--grid", "train.seed=0,1"],
+        ["python", "pipelines/flows.py", "--grid", "train.seed=0,1"],
         ["python", "pipelines/sweep.py"],
         ["python", "-m", "benchmarks.fid_noise", "--samples", "2000"],
         ["prefect", "deployment", "run", "cdgan-pipeline/hourly"],

@@ -3,6 +3,8 @@ worker, against a real `prefect server` and a real `mlflow server` on loopback p
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import re
 import shutil
@@ -18,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, State, StateType
+from prefect.flows import load_flow_from_entrypoint
 
 from cdgan.files import load_torch
 from cdgan.params import Paths
@@ -40,13 +43,13 @@ class Deployed:
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory, prefect_server: Server, mlflow_server: Server) -> Deployed:
-    """A fresh project with the repo's prefect.yaml and pipelines/, its work pool and deployments created."""
+    """A fresh project with the repo's prefect.yaml (the flows come from the installed pipelines package), its
+    work pool and deployments created."""
     model_name = f"cdgan-deploy-{uuid4().hex[:8]}"
     project = make_project(
         tmp_path_factory.mktemp("deployed") / "project", tiny_raw(register={"model_name": model_name})
     )
     shutil.copy(REPO / "prefect.yaml", project / "prefect.yaml")
-    shutil.copytree(REPO / "pipelines", project / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "deployments"], project)
     env = client_env(prefect_server, mlflow_server, CDGAN_PROJECT_DIR=str(project))
@@ -111,7 +114,23 @@ def all_runs(deployed: Deployed) -> list:
 def test_prefect_yaml_declares_the_pool_it_is_tested_with() -> None:
     deployments = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
     assert deployments["daily"]["work_pool"]["name"] == POOL
-    assert deployments["daily"]["entrypoint"] == "pipelines/flows.py:cdgan_pipeline"
+    assert deployments["daily"]["entrypoint"] == "pipelines.flows.cdgan_pipeline"
+
+
+@pytest.mark.parametrize(
+    "deployment", yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"], ids=lambda d: d["name"]
+)
+def test_each_deployment_loads_its_flow_from_the_package_with_its_parameters(deployment: dict) -> None:
+    # when Prefect loads the entrypoint as `prefect deploy` and a flow run do: a module path of the pipelines package
+    flow = load_flow_from_entrypoint(deployment["entrypoint"])
+
+    # then it is the package's flow, named after the module's function as docs and CLI name it, and the
+    # deployment's parameters are ones the flow takes and accepts
+    module, _, function = deployment["entrypoint"].rpartition(".")
+    assert module.startswith("pipelines.") and flow.fn is getattr(importlib.import_module(module), function).fn
+    assert flow.name == function.replace("_", "-"), (flow.name, function)
+    assert set(deployment["parameters"]) <= set(inspect.signature(flow.fn).parameters), deployment
+    flow.validate_parameters(deployment["parameters"])
 
 
 def test_triggered_deployment_run_completes_through_a_worker(deployed: Deployed, tmp_path: Path) -> None:

@@ -240,12 +240,11 @@ def test_pruned_trial_stops_its_pipeline_and_is_recorded_pruned(tmp_path: Path, 
 def test_tune_deployment_loads_the_flow_with_its_parameters_and_a_valid_space() -> None:
     # given the tuning deployments of prefect.yaml
     deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
-    tuning = [d for d in deployments if d["entrypoint"].startswith("pipelines/tune.py:")]
+    tuning = [d for d in deployments if d["entrypoint"].startswith("pipelines.tune.")]
     assert tuning, "prefect.yaml deploys cdgan-tune"
     for deployment in tuning:
-        # when Prefect loads the entrypoint as a deployment run does (the script by its path)
-        path, _, name = deployment["entrypoint"].partition(":")
-        loaded = load_flow_from_entrypoint(f"{REPO / path}:{name}")
+        # when Prefect loads the entrypoint as a deployment run does (a module path of the pipelines package)
+        loaded = load_flow_from_entrypoint(deployment["entrypoint"])
 
         # then it is cdgan-tune, takes those parameters, and the space they name is valid on params.yaml
         assert loaded.name == "cdgan-tune"
