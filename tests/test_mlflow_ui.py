@@ -33,8 +33,9 @@ def _git(root: Path, *args: str) -> str:
 
 
 def test_the_run_page_shows_the_project_s_commit_as_git_commit_does(
-    tiny_params: Params, tmp_path: Path, mlflow_uri: str
+    tiny_params: Params, tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)  # whatever store earlier tests left MLflow at
     # given a committed project on branch main whose remote URL holds a token
     root = tmp_path / "project"
     root.mkdir()
@@ -74,8 +75,9 @@ def test_the_run_page_shows_the_project_s_commit_as_git_commit_does(
 
 
 def test_outside_git_the_run_page_says_unknown_not_another_repository_s_commit(
-    tiny_params: Params, tmp_path: Path, mlflow_uri: str
+    tiny_params: Params, tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
     # when a run starts in a project that is no git checkout (MLflow finds the test's own repository)
     with tracking.tracked_run(tiny_params, Paths(tmp_path)) as run_id:
         pass
@@ -90,8 +92,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory, mlflow_uri: str) -> tuple[
     """A tiny digits training that scores every 10 of its 40 steps, in the session's store."""
     params = parse_params(tiny_raw(train=STEPS))
     paths = Paths(tmp_path_factory.mktemp("ui-project"))
-    prepare(params, paths)
-    return params, paths, train(params, paths).mlflow_run_id
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", mlflow_uri)  # whatever store earlier tests left MLflow at
+        prepare(params, paths)
+        return params, paths, train(params, paths).mlflow_run_id
 
 
 def test_the_sample_grid_is_logged_at_every_scoring_step(trained: tuple[Params, Paths, str], mlflow_uri: str) -> None:

@@ -36,8 +36,9 @@ from tests.conftest import BIN, REPO, free_port, run, start_server, stop_group
 
 @pytest.fixture
 def _keeps_tracking_uri() -> Iterator[None]:
-    """tracked_run points MLflow at the test's store; later tests get the session's store back."""
-    before = mlflow.get_tracking_uri()
+    """tracked_run points MLflow at the test's store, and MLflow copies that into MLFLOW_TRACKING_URI; later
+    tests get the session's store back: the variable as it was before the test (unset: MLflow's default)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     yield
     mlflow.set_tracking_uri(before)
 
