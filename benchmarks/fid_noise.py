@@ -6,7 +6,8 @@ models must score before the difference means anything.
 
 `--project`: a directory where prepare and train have run (data/prepared/, models/, params.yaml). Prints JSON:
 per sample count, the model's `fid`, `fid_floor` and `fid_gmm` over the seeds (values, mean with its 95 %
-interval, standard deviation). Not part of run.py: it needs a trained model, and it measures a metric, not speed.
+interval, standard deviation). `run.py --only fid_noise` runs the same, on `--project` or, without it, on a
+tiny model it trains in a throwaway project. It measures a metric, not speed: a t-interval over seeds, no ratio.
 """
 
 from __future__ import annotations
@@ -14,23 +15,25 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 from pathlib import Path
 
 import torch
+from benchmarks.harness import Size, note, own_store, prepare_project, quiet_bar, tiny_raw, torch_globals
 from benchmarks.stats import mean_interval, rounded_interval
-from benchmarks.timing import note
 
 from cdgan.data import load_dataset
 from cdgan.evaluation import build_suite, reference_points, score_model
-from cdgan.params import Paths, load_params
+from cdgan.params import Params, Paths, load_params, parse_params
+from cdgan.stages import train as train_stage
 from cdgan.stages.trained import load_trained
 
 KEYS = ("fid", "fid_floor", "fid_gmm")
+SIZES = {"smoke": ((100, 200), 2), "quick": ((500, 2000), 3), "full": ((2000, 10000), 6)}  # (n_samples, seeds)
 
 
-def spread(project: Path, n_samples: int, seeds: int) -> dict[str, object]:
-    params = load_params(project / "params.yaml")
-    paths = Paths(root=project, project=project)
+def spread(params: Params, paths: Paths, n_samples: int, seeds: int) -> dict[str, object]:
+    """`KEYS` over `seeds` draws of `n_samples` samples from the project's trained model."""
     train_split, heldout = load_dataset(paths.dataset), load_dataset(paths.heldout)
     generator, energy = load_trained(params, paths, train_split.shape)
     values: dict[str, list[float]] = {key: [] for key in KEYS}
@@ -51,6 +54,31 @@ def spread(project: Path, n_samples: int, seeds: int) -> dict[str, object]:
     }
 
 
+def _spreads(project: Path, counts: tuple[int, ...], seeds: int) -> dict[str, object]:
+    params, paths = load_params(project / "params.yaml"), Paths(root=project, project=project)
+    return {"project": str(project), "seeds": seeds} | {
+        f"n_samples={n}": spread(params, paths, n, seeds) for n in counts
+    }
+
+
+def fid_noise(size: Size, project: Path | None = None) -> dict[str, object]:
+    """FID, its floor and its mixture reference over sample draws at each sample count, on `project`'s trained
+    model or, without one, on a tiny digits model trained here (prepare and train in-process, tiny params)."""
+    counts, seeds = SIZES[size]
+    if project is not None:
+        return {"fid_noise": _spreads(project, counts, seeds)}
+    with tempfile.TemporaryDirectory(prefix="cdgan-bench-fid-") as tmp:
+        root = Path(tmp) / "project"
+        raw = tiny_raw()
+        params = parse_params(raw, "tiny params (fid_noise)")
+        note("fid_noise: training a tiny digits model in a throwaway project")
+        paths = prepare_project(root, params)
+        (root / "params.yaml").write_text(json.dumps(raw))  # YAML is a superset of JSON
+        with own_store(root), torch_globals(), quiet_bar():
+            train_stage.train(params, paths)
+        return {"fid_noise": _spreads(root, counts, seeds) | {"project": "tiny (benchmarks.harness.TINY)"}}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", type=Path, required=True, help="prepared and trained project directory")
@@ -58,9 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=6, help="evaluate seeds (sample draws) per count")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    result = {"project": str(args.project), "seeds": args.seeds}
-    result |= {f"n_samples={n}": spread(args.project, n, args.seeds) for n in args.n}
-    print(json.dumps(result, indent=2))
+    print(json.dumps(_spreads(args.project, tuple(args.n), args.seeds), indent=2))
 
 
 if __name__ == "__main__":

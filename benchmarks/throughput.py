@@ -9,26 +9,39 @@ from __future__ import annotations
 
 import copy
 import itertools
-import os
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, redirect_stdout
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import torch
-from benchmarks.arms import fit_arm, no_log, project_params, torch_globals
+from benchmarks.harness import (
+    Seconds,
+    Size,
+    Timing,
+    fit_arm,
+    median,
+    no_log,
+    note,
+    own_store,
+    prepare_project,
+    project_params,
+    quiet_bar,
+    record_round,
+    rounded,
+    stopwatch,
+    timed,
+    torch_globals,
+)
 from benchmarks.stats import bootstrap_ratio_interval, ratio_interval, rounded_interval, run_pairs, verdict
-from benchmarks.timing import Timing, environ, interleaved_round, median, note, rounded, stopwatch, timed
 from rich.progress import Progress
 from torch import Tensor
 
 from cdgan.data import load_dataset
 from cdgan.models import EnergyNet, Generator, build_models
 from cdgan.params import ModelParams, Params, Paths, TrainParams
-from cdgan.stages import prepare as prepare_stage
 from cdgan.stages import train as train_stage
 from cdgan.train import fit, init_state
 
@@ -109,14 +122,6 @@ def bare_matches_fit(model: ModelParams, train: TrainParams, x_data: Tensor, ste
     return max((a.double() - b.double()).abs().max().item() for a, b in pairs)
 
 
-@contextmanager
-def quiet_bar() -> Iterator[None]:
-    """Where the stage's rich bar draws: /dev/null, still treated as a terminal (TTY_COMPATIBLE), so the
-    live bar renders and refreshes exactly as in a terminal without flooding the benchmark's stderr."""
-    with Path(os.devnull).open("w") as sink, environ(TTY_COMPATIBLE="1"), redirect_stdout(sink):
-        yield
-
-
 def _stage_arm(params: Params, paths: Paths, fit_times: list[Timing], *patches: Any) -> Callable[[], Timing]:
     """One `cdgan train` in-process: Timing of the whole stage; the Timing inside `fit` is kept aside.
 
@@ -145,13 +150,6 @@ def _bare_arm(params: Params, x_data: Tensor) -> Callable[[], Timing]:
             return timed(lambda: bare_fit(params.model, params.train, x_data, params.train.steps))
 
     return arm
-
-
-def prepare_project(root: Path, params: Params) -> Paths:
-    subprocess.run(["git", "init", "-q", str(root)], check=True)  # lineage tags read git, as in a real project
-    paths = Paths(root)
-    prepare_stage.prepare(params, paths)
-    return paths
 
 
 @contextmanager
@@ -196,29 +194,33 @@ def default_run_seconds(stage: list[float], fit: list[float], steps: int, run_st
 
 GOAL = 0.95  # stage examples/s over the bare loop's, at least
 BOUND = 0.02  # half-width of the ratio's 95 % interval that --full runs pairs for
-QUICK_BOUND = 0.05  # --quick's: wider, and its output says so
+# pairs until the CPU ratio's half-width is within `bound`, or a cap; --quick and --smoke say so in the output
+STOPPING = {
+    "smoke": {"bound": 0.10, "min_pairs": 2, "max_pairs": 2, "max_seconds": 60.0},
+    "quick": {"bound": 0.05, "min_pairs": 4, "max_pairs": 6, "max_seconds": 120.0},
+    "full": {"bound": BOUND, "min_pairs": 8, "max_pairs": 160, "max_seconds": 1200.0},
+}
+STEPS = {"smoke": 10, "quick": 100, "full": 100}  # short arms: the load changes over tens of seconds
 VERDICT_CLOCK = "cpu"  # chosen before measuring: CPU time does not count waiting for a core, so other users of
 # the shared machine move it far less than wall time; the stage's extra threads (MLflow sender, bar) still count
 
 
 def measure_dataset(
-    dataset: str, steps: int, stopping: dict[str, float], breakdown: bool, eval_every: int = 0
+    dataset: str, steps: int, stopping: dict[str, float], breakdown: bool, eval_every: int = 0, check_steps: int = 10
 ) -> dict[str, object]:
     """Stage and bare loop on one data set in pairs (A B, then B A), added until the interval on the CPU ratio is
     within `stopping["bound"]` or a cap is hit (benchmarks/stats.run_pairs); the ratios with their intervals.
+    First, `check_steps` of each from one seed must give the same weights.
 
     With `breakdown`, `fit` alone and the stage variants of `_experiments` join every pair."""
     params = project_params(dataset, steps=steps, eval_every=eval_every)
     run_steps = project_params(dataset).train.steps
     _check_plain_cd(params.train)
-    with (
-        tempfile.TemporaryDirectory(prefix="cdgan-bench-") as tmp,
-        environ(MLFLOW_TRACKING_URI=f"sqlite:///{Path(tmp) / 'mlruns' / 'mlflow.db'}"),
-    ):
+    with tempfile.TemporaryDirectory(prefix="cdgan-bench-") as tmp, own_store(Path(tmp)):
         paths = prepare_project(Path(tmp) / "project", params)
         x_data = torch.from_numpy(load_dataset(paths.dataset).x)
-        max_diff = bare_matches_fit(params.model, params.train, x_data, steps=10)
-        note(f"{dataset}: bare loop vs fit after 10 steps, max |weight diff| = {max_diff:.3g}")
+        max_diff = bare_matches_fit(params.model, params.train, x_data, steps=check_steps)
+        note(f"{dataset}: bare loop vs fit after {check_steps} steps, max |weight diff| = {max_diff:.3g}")
         first = params.model_copy(update={"train": params.train.model_copy(update={"steps": params.train.log_every})})
         first_run = _stage_arm(first, paths, [])()  # creates the MLflow store once, as a project's first run does
         inside: list[Timing] = []
@@ -228,12 +230,7 @@ def measure_dataset(
             arms |= {name: _stage_arm(params, paths, [], *patches) for name, patches in _experiments().items()}
             scoring = project_params(dataset, steps=steps)  # eval_every as params.yaml sets it: FID during training
             arms["stage_with_scoring"] = _stage_arm(scoring, paths, [])
-        seconds: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in arms}
-
-        def run_pair(index: int) -> None:
-            for name, timing in interleaved_round(arms, index).items():
-                seconds[name]["wall"].append(timing.wall)
-                seconds[name]["cpu"].append(timing.cpu)
+        seconds: Seconds = {}
 
         def in_default_run(clock: str) -> list[float]:
             fit = [getattr(t, clock) for t in inside]
@@ -242,7 +239,7 @@ def measure_dataset(
         def half_width() -> float:
             return ratio_interval(seconds["bare"][VERDICT_CLOCK], in_default_run(VERDICT_CLOCK))["half_width"]
 
-        stopped = run_pairs(run_pair, half_width, **stopping)
+        stopped = run_pairs(lambda index: record_round(arms, seconds, index), half_width, **stopping)
     examples = steps * params.train.batch_size
     stage, bare = seconds["stage"], seconds["bare"]
     fit_wall, fit_cpu = [t.wall for t in inside], [t.cpu for t in inside]
@@ -287,21 +284,13 @@ def measure_dataset(
     return result
 
 
-def measure(quick: bool, breakdown: bool = False) -> dict[str, object]:
-    """Digits, params.yaml's model and loop with scoring off, 100-step arms (about 4.5 s CPU each here).
-
-    Short arms on purpose: on this shared machine the load changes over tens of seconds, so the two arms of a
-    short pair see the same load, and many short pairs gave a far narrower interval than a few long ones
-    (CPU ratio half-width 0.020 from 10 pairs of 100 steps against 0.067 from 6 pairs of 500 steps, same
-    hour). --full adds pairs until the CPU ratio's half-width is within 0.02: at least 8, at most 40 pairs
-    or 10 minutes."""
-    steps = 100
-    if quick:
-        stopping = {"bound": QUICK_BOUND, "min_pairs": 4, "max_pairs": 6, "max_seconds": 120.0}
-    else:
-        stopping = {"bound": BOUND, "min_pairs": 8, "max_pairs": 160, "max_seconds": 1200.0}
+def throughput(size: Size, breakdown: bool = False) -> dict[str, object]:
+    """`cdgan train` (MLflow, checkpoints, progress bar) against a bare PyTorch loop on digits, params.yaml's model
+    and loop with scoring off; examples/s of the stage over the bare loop's, its once-per-run costs spread over a
+    params.yaml-long run. With `breakdown`, also the stage variants that each take one cost away."""
+    steps, stopping = STEPS[size], STOPPING[size]
     note(f"throughput on digits: {steps} steps an arm, pairs until half-width <= {stopping['bound']} ({stopping})")
-    headline = measure_dataset("digits", steps, stopping, breakdown)
+    headline = measure_dataset("digits", steps, stopping, breakdown, check_steps=min(10, steps))
     clock = VERDICT_CLOCK
     return {
         "train_throughput_ratio": headline["ratio"][clock] | {"clock": clock, "goal": f">= {GOAL}"},
@@ -309,7 +298,7 @@ def measure(quick: bool, breakdown: bool = False) -> dict[str, object]:
         "train_throughput_ratio_wall": headline["ratio"]["wall"],
         "train_throughput_verdict_wall": headline["verdict"]["wall"],
         "train_throughput_stopping": headline["stopping"]
-        | ({"note": f"--quick: bound widened to {QUICK_BOUND} (--full: {BOUND})"} if quick else {}),
+        | ({"note": f"{size}: bound {stopping['bound']} (full: {BOUND})"} if size != "full" else {}),
         "train_examples_per_s": {
             "stage": headline["stage"]["examples_per_s"],
             "bare": headline["bare"]["examples_per_s"],

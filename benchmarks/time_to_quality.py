@@ -9,27 +9,23 @@ Each score draws `evaluate.n_samples` samples, as the reference point behind the
 with the sample count, so a score from fewer samples would chase a target it cannot be compared with.
 
 Two departures from the pipeline's figure, both to make it a benchmark: scores come finer than
-`train.eval_every` (the pipeline's history resolves 1000 digits steps, about 30 s), and grid25 is scored on
-the model's output (G(z) refined as the preset's `sample` section says, as `evaluate` scores it): the
-pipeline's history is raw G(z), which never covers more than about 10 of the 25 modes (reports/
-grid25_cd_seeds_runs.csv, `modes_raw`), so its seconds_to_target is always NaN there. Seconds are wall
+`train.eval_every`, and grid25 is scored on the model's output (G(z) refined as the preset's `sample` section
+says, as `evaluate` scores it): the pipeline's history is raw G(z), which covers few of the 25 modes
+(reports/grid25_cd_seeds_runs.csv, `modes_raw`), so its seconds_to_target is NaN there. Seconds are wall
 time of the stage's loop up to the target step (earlier scores included, as the pipeline's mean seconds
 per step includes them); CPU seconds (this process) beside them are steadier on a shared machine.
 
-    python -m benchmarks.time_to_quality --seeds 0 1 2    # trains, writes benchmarks/time_to_quality.json
-
-`measure` (benchmarks/run.py) trains when asked to (`train=True`), else reads that file and the sweep
-reports (reports/*_runs.csv, column seconds_to_target) as a cross-check.
+Training the seeds takes long, so `run.py --train-ttq` trains them and writes `results/time_to_quality.json`;
+without it the benchmark reads that file, and the sweep reports (reports/*_runs.csv, column seconds_to_target)
+as a cross-check. The figure is a t-interval over seeds, not a paired ratio: there is no baseline arm.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import inspect
 import json
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,33 +33,37 @@ from typing import Any
 from unittest import mock
 
 import torch
-from benchmarks.arms import torch_globals
+from benchmarks.harness import (
+    PRESETS,
+    REPO,
+    Size,
+    note,
+    own_store,
+    prepare_project,
+    preset_params,
+    quiet_bar,
+    torch_globals,
+)
 from benchmarks.stats import mean_interval, rounded_interval
-from benchmarks.throughput import prepare_project, quiet_bar
-from benchmarks.timing import REPO, environ, note
 
 from cdgan.data import load_dataset
 from cdgan.evaluation import build_suite, reference_points
-from cdgan.params import Params, Paths, parse_params
-from cdgan.presets import read_preset
+from cdgan.params import Params, Paths
 from cdgan.reference import build_scorer
 from cdgan.sampler import draw_samples
 from cdgan.stages import train as train_stage
 
-# each read on top of params.yaml: a preset holds only the keys it changes
-PRESETS = {"digits": REPO / "params.yaml", "grid25": REPO / "presets" / "grid25.yaml"}
-SCORE_EVERY = {"digits": 250, "grid25": 100}  # steps between scores: ~8 s of digits, ~3 s of grid25 here
-RESULTS = Path(__file__).with_name("time_to_quality.json")
+SCORE_EVERY = {"digits": 250, "grid25": 100}  # steps between scores: a few seconds of training each
+RESULTS = Path(__file__).parent / "results" / "time_to_quality.json"
 # sweep reports whose rows are the default model of a data set: (file, {column: value}) for the rows to keep
+TARGET_PRESETS = ("digits", "grid25")
 SWEEP_ROWS = {
     "digits": ("reports/digits_lr2e-3_decay_n10k_runs.csv", {}),  # seeds 0-2 of params.yaml (lr 2e-3, lr_decay 0.5)
 }
 
 
 def _params(dataset: str, seed: int) -> Params:
-    raw = read_preset(PRESETS[dataset], REPO / "params.yaml")
-    raw["train"] = {**raw["train"], "device": "cpu", "seed": seed, "eval_every": SCORE_EVERY[dataset]}
-    return parse_params(raw, f"{PRESETS[dataset].name} (time to quality, seed {seed})")
+    return preset_params(dataset, seed=seed, eval_every=SCORE_EVERY[dataset])
 
 
 def _target(params: Params, paths: Paths) -> tuple[str, float, dict[str, float]]:
@@ -118,10 +118,7 @@ def _train_to_target(params: Params, paths: Paths, metric: str, threshold: float
 def train_seeds(dataset: str, seeds: list[int]) -> dict[str, Any]:
     """Every seed in one throw-away project (the prepared data and target do not depend on the train seed)."""
     params = _params(dataset, seeds[0])
-    with (
-        tempfile.TemporaryDirectory(prefix="cdgan-bench-ttq-") as tmp,
-        environ(MLFLOW_TRACKING_URI=f"sqlite:///{Path(tmp) / 'mlruns' / 'mlflow.db'}"),
-    ):
+    with tempfile.TemporaryDirectory(prefix="cdgan-bench-ttq-") as tmp, own_store(Path(tmp)):
         paths = prepare_project(Path(tmp) / "project", params)
         metric, threshold, points = _target(params, paths)
         note(f"time to quality on {dataset}: target {metric} {'<=' if metric == 'fid' else '>='} {threshold:.4g}")
@@ -167,37 +164,18 @@ def sweep_rows(dataset: str) -> dict[str, Any] | None:
             "note": "history every train.eval_every = 1000 steps; trials ran side by side on the 2 cores"}  # fmt: skip
 
 
-def measure(quick: bool, train: bool = False, seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, object]:
+def time_to_quality(size: Size, train: bool = False, seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, object]:
+    """Seconds (wall and CPU) and steps to each data set's target over training seeds: read from
+    results/time_to_quality.json, or trained now with `train` (every size: a smaller one would miss the target)."""
     if train:
-        measured = {dataset: train_seeds(dataset, list(seeds)) for dataset in PRESETS}
-        _write(measured)
+        measured = {dataset: train_seeds(dataset, list(seeds)) for dataset in TARGET_PRESETS}
+        RESULTS.write_text(json.dumps(measured, indent=1) + "\n")
     elif RESULTS.exists():
         measured = json.loads(RESULTS.read_text())
-        note(f"time to quality: read {RESULTS.relative_to(REPO)} (python -m benchmarks.time_to_quality trains)")
+        note(f"time to quality: read {RESULTS.relative_to(REPO)} (run.py --train-ttq trains the seeds)")
     else:
-        return {"time_to_quality": None, "time_to_quality_note": f"{RESULTS.name} missing: run the module"}
+        return {"time_to_quality": None, "time_to_quality_note": f"{RESULTS.name} missing: run.py --train-ttq"}
     out = {dataset: summarize(m) | {"measured_at": m.get("measured_at")} for dataset, m in measured.items()}
     for dataset in out:
         out[dataset]["sweep_report"] = sweep_rows(dataset)
     return {"time_to_quality": out, "time_to_quality_source": "trained here" if train else str(RESULTS.name)}
-
-
-def _write(measured: dict[str, Any]) -> None:
-    RESULTS.write_text(json.dumps(measured, indent=1) + "\n")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--datasets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
-    args = parser.parse_args(argv)
-    measured = {dataset: train_seeds(dataset, args.seeds) for dataset in args.datasets}
-    if RESULTS.exists():  # keep the data sets not retrained
-        measured = json.loads(RESULTS.read_text()) | measured
-    _write(measured)
-    json.dump({d: summarize(m) for d, m in measured.items()}, sys.stderr, indent=1)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

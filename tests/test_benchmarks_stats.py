@@ -1,5 +1,5 @@
 """benchmarks/stats.py: the intervals behind every benchmark goal, the verdicts they allow, sequential stopping;
-and the within-run Prefect overhead built on them."""
+and what is built on them: paired ratios over rounds, the goals table, the within-run Prefect overhead."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import math
 
 import numpy as np
 import pytest
-from benchmarks.pipeline_overhead import within_run_overhead
+from benchmarks.harness import ratios
+from benchmarks.orchestration import within_run_overhead
+from benchmarks.report import goals, overlaps
 from benchmarks.stats import (
     CANNOT_TELL,
     MET,
@@ -165,8 +167,6 @@ def test_default_run_seconds_spreads_the_once_per_run_cost():
 
 
 def test_goals_table_carries_the_interval_bound_and_verdict():
-    from benchmarks.goals import goals
-
     interval = {"estimate": 0.97, "low": 0.955, "high": 0.985, "half_width": 0.015, "pairs": 12}
     result = {
         "train_throughput_ratio": interval | {"clock": "cpu", "goal": ">= 0.95"},
@@ -179,6 +179,7 @@ def test_goals_table_carries_the_interval_bound_and_verdict():
     assert rows["train_throughput_ratio"]["verdict"] == MET
     assert rows["train_throughput_ratio"]["is_bound_met"] is True
     assert rows["train_throughput_ratio"]["pairs"] == 12
+    assert rows["train_throughput_ratio"]["benchmark"] == "throughput"
     assert rows["train_throughput_ratio_wall"]["verdict"] == CANNOT_TELL
     assert "prefect_overhead_frac" not in rows, "a benchmark that did not run has no row"
 
@@ -188,8 +189,6 @@ def test_goals_table_carries_the_interval_bound_and_verdict():
     [((0.90, 0.95), (0.94, 0.99), True), ((0.90, 0.93), (0.94, 0.99), False), ((0.9, 1.0), (0.95, 0.96), True)],
 )
 def test_overlaps(a, b, expected):
-    from benchmarks.compare import overlaps
-
     assert overlaps({"low": a[0], "high": a[1]}, {"low": b[0], "high": b[1]}) is expected
     assert overlaps({"low": b[0], "high": b[1]}, {"low": a[0], "high": a[1]}) is expected, "symmetric"
 
@@ -240,8 +239,6 @@ def test_within_run_overhead_widens_by_the_uncertainty_of_the_dvc_start_ups():
 
 
 def test_the_prefect_bound_is_on_the_within_run_overhead_when_its_stopping_rule_names_it():
-    from benchmarks.goals import goals
-
     inside = _runs([0.1, 0.15, 0.1, 0.1], [0.0] * 4, [10.5, 10.6, 10.4, 10.5])
     within = within_run_overhead(inside, _noop(0.5, 0.45, 0.55))  # about 0.06 a run
     paired = {"estimate": 0.05, "low": -0.05, "high": 0.15, "half_width": 0.1, "pairs": 4}
@@ -260,21 +257,22 @@ def test_the_prefect_bound_is_on_the_within_run_overhead_when_its_stopping_rule_
     assert within_row["verdict"] == MET and within_row["pairs"] == 4 and within_row["high"] < 0.10, within_row
     assert within_row["bound"] == 0.03 and within_row["is_bound_met"] is True
     assert "bound" not in rows["prefect_overhead_frac"], "the paired ratio is the cross-check, no bound sought"
-    # and a result from before the move, whose stopping rule names no figure, keeps the bound on the paired ratio
+    # and a stopping rule that names no figure (throughput's) puts the bound on the paired ratio
     del result["prefect_overhead_stopping"]["figure"]
     rows = goals(result)
     assert "bound" in rows["prefect_overhead_frac"] and "bound" not in rows["prefect_overhead_frac_within_run"]
 
 
-def test_gpu_speedups_pair_each_round_of_an_arm_with_the_baselines_round():
-    from benchmarks.gpu import speedups
-
+def test_ratios_pair_each_round_of_an_arm_with_the_baselines_round():
     # given wall seconds per round: fp32 drifts slower round by round, amp is always 4/5 of the same round's fp32
-    wall = {"fp32": [1.0, 2.0, 3.0], "amp": [0.8, 1.6, 2.4]}
+    seconds = {"fp32": {"wall": [1.0, 2.0, 3.0]}, "amp": {"wall": [0.8, 1.6, 2.4]}}
     # when speed-ups are taken, then pairing by round removes the drift: amp is 1.25x with no width
-    result = speedups(wall)
-    assert result["amp"]["estimate"] == 1.25 and result["amp"]["half_width"] == 0.0 and result["amp"]["pairs"] == 3
-    assert result["fp32"]["estimate"] == 1.0
+    amp = ratios(seconds, "fp32", ("wall",), speedup=True)["amp"]["wall"]
+    assert amp["estimate"] == 1.25 and amp["half_width"] == 0.0 and amp["pairs"] == 3, amp
+    assert "fp32" not in ratios(seconds, "fp32", ("wall",)), "the baseline is no arm of its own ratios"
+    # and a cost (arm over baseline) is the speed-up's inverse
+    assert ratios(seconds, "fp32", ("wall",))["amp"]["wall"]["estimate"] == 0.8
     # and an arm that is faster in one round only is reported with an interval that says so
-    noisy = speedups({"fp32": [1.0, 1.0, 1.0], "compile": [0.5, 1.0, 1.0]})["compile"]
-    assert noisy["low"] < 1.0 < noisy["high"]
+    noisy = {"fp32": {"wall": [1.0, 1.0, 1.0]}, "compile": {"wall": [0.5, 1.0, 1.0]}}
+    compile_ = ratios(noisy, "fp32", ("wall",), speedup=True)["compile"]["wall"]
+    assert compile_["low"] < 1.0 < compile_["high"], compile_
