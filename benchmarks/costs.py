@@ -38,6 +38,7 @@ from benchmarks.harness import (
     rounded,
     timed,
     torch_globals,
+    warm_up,
 )
 from benchmarks.stats import ratio_interval, rounded_interval, shifted
 from benchmarks.throughput import bare_fit
@@ -191,8 +192,7 @@ def stage_costs(size: Size) -> dict[str, object]:
         root = Path(tmp)
         x_data = torch.from_numpy(load_dataset(prepare_project(root / "data", params).dataset).x)
         arms = _loop_arms(params, x_data, steps) | _ema_arms(params, x_data, calls)
-        for arm in arms.values():
-            arm()  # warm-up
+        warm_up(arms)
         seconds = interleaved(arms, repeats)
         loop = {name: median(values["cpu"]) for name, values in seconds.items()}
         tracked = _tracking_costs(params, root, x_data, calls, max(2, repeats // 2))
@@ -299,8 +299,7 @@ def logging_async(size: Size) -> dict[str, object]:
                 name: _logging_arm(log, wait, calls, steps, stored, per_call_s, name)
                 for name, (log, wait) in calls_and_waits.items()
             }
-            for arm in arms.values():
-                arm()  # warm-up: the sender threads start, SQLAlchemy caches its statements
+            warm_up(arms)  # the sender threads start, SQLAlchemy caches its statements
             per_call_s.clear()
             until_stored = interleaved(arms, repeats)
     call_seconds = {name: {"cpu": per_call_s[f"{name}_cpu"], "wall": per_call_s[f"{name}_wall"]} for name in arms}

@@ -109,6 +109,12 @@ def record_round(arms: dict[str, Callable[[], Timing]], seconds: Seconds, index:
         note(f"  {name}: wall {timing.wall:.4g} s, cpu {timing.cpu:.4g} s")
 
 
+def warm_up(arms: dict[str, Callable[[], Timing]]) -> None:
+    """Call every arm once outside the clock: allocator, autograd set-up, thread pools, caches, compilation."""
+    for arm in arms.values():
+        arm()
+
+
 def interleaved(arms: dict[str, Callable[[], Timing]], repeats: int) -> Seconds:
     """`repeats` rounds of `record_round`: wall and cpu lists per arm, in round order."""
     seconds: Seconds = {name: {"wall": [], "cpu": []} for name in arms}

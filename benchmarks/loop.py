@@ -39,6 +39,7 @@ from benchmarks.harness import (
     step_arm,
     timed,
     torch_globals,
+    warm_up,
 )
 from benchmarks.stats import mean_interval, ratio_interval, rounded_interval, verdict
 
@@ -46,12 +47,6 @@ from cdgan import train as train_module
 from cdgan.data import build_dataset, device_or_stream
 from cdgan.params import Params
 from cdgan.train import fit, init_state
-
-
-def _warm(arms: dict[str, Callable[[], Timing]]) -> None:
-    for arm in arms.values():
-        arm()
-
 
 # --- cd_cost
 
@@ -106,7 +101,7 @@ def cd_cost(size: Size) -> dict[str, object]:
         x = build_dataset(params.data).x
         arms = {f"k={k}": step_arm(project_params(dataset, cd_k=k, steps=steps, eval_every=0), x) for k in KS}
         arms["energy_fb"] = _energy_fb_arm(dataset, steps, x)
-        _warm(arms)
+        warm_up(arms)
         seconds = interleaved(arms, repeats)
         results[dataset] = {
             "dataset": dataset,
@@ -141,7 +136,7 @@ def image_steps(size: Size) -> dict[str, object]:
         x = build_dataset(params.data).x[:5000]  # enough rows for the batches; building stacks is not timed
         arms[name] = step_arm(params, x)
     note(f"image step cost: {list(arms)}, {steps} steps per timing, {repeats} interleaved rounds")
-    _warm(arms)
+    warm_up(arms)
     seconds = interleaved(arms, repeats)
     cost = ratios(seconds, IMAGE_PRESETS[0], ("cpu",))
     return {
@@ -241,7 +236,7 @@ def streaming(size: Size) -> dict[str, object]:
     note(f"streaming on stacked-digits {x.shape}: {steps} steps per timing, {repeats} interleaved repeats")
     arms = {"tensor": fit_arm(params, x)}
     arms |= {f"workers_{w}": fit_arm(stacked(data_loading="stream", num_workers=w), x) for w in WORKERS}
-    _warm(arms)
+    warm_up(arms)
     seconds = interleaved(arms, repeats)
     examples = steps * params.train.batch_size
     throughput = ratios(seconds, "tensor", speedup=True)
@@ -339,7 +334,7 @@ def gpu(size: Size) -> dict[str, object]:
     x = build_dataset(_gpu_params(steps).data).x
     note(f"gpu: {torch.cuda.get_device_name(device)}, stacked-digits {x.shape}, {steps} steps, {repeats} repeats")
     arms = {name: fit_arm(_gpu_params(steps, **train), x, device) for name, train in VARIANTS.items()}
-    _warm(arms)
+    warm_up(arms)
     utilisation: list[float] = []
     with _utilisation(utilisation):
         seconds = interleaved(arms, repeats)

@@ -31,8 +31,9 @@ from benchmarks import report
 
 @dataclass(frozen=True)
 class Benchmark:
-    """Where a benchmark's function lives, the top-level JSON keys RESULTS.md shows (the rest stays in the JSON),
-    whether `--full` runs it (a goal or a headline) and which command-line options it takes."""
+    """The module holding a benchmark's function (named as the benchmark), the top-level JSON keys RESULTS.md shows
+    (the rest stays in the JSON), whether `--full` runs it (a goal or a headline) and the command-line options
+    (argparse destinations) it takes as keyword arguments."""
 
     module: str
     keys: tuple[str, ...]
@@ -106,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--save", action="store_true", help="write results/<size>-<n>.json and render RESULTS.md")
     parser.add_argument("--report", action="store_true", help="render RESULTS.md from results/*.json; run nothing")
     parser.add_argument("--compare", nargs="+", type=Path, metavar="JSON", help="goals of saved runs side by side")
-    parser.add_argument("--train", "--train-ttq", action="store_true", help="time_to_quality: train the seeds now")
+    parser.add_argument("--train-ttq", dest="train", action="store_true", help="time_to_quality: train the seeds now")
     parser.add_argument("--breakdown", action="store_true", help="throughput: also time the stage variants")
     parser.add_argument("--project", type=Path, help="fid_noise: a trained project (default: train a tiny one)")
     return parser
