@@ -26,9 +26,9 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from cdgan import tracking
 from cdgan.errors import CdganError
-from cdgan.evaluation import Objective, objective_for
 from cdgan.files import read_json, write_atomic
 from cdgan.params import Params, Paths
+from cdgan.ranking import Objective, objective_for
 from cdgan.report import read_scores, summarize, to_markdown, write_csv
 from pipelines.overrides import (
     expand_grid,

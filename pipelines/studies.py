@@ -22,9 +22,9 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial, TrialState
 
 from cdgan.errors import CdganError
-from cdgan.evaluation import objective_for
 from cdgan.files import write_atomic
 from cdgan.params import DataParams, Params, parse_params, read_params_yaml
+from cdgan.ranking import objective_for
 from pipelines.overrides import resolve_params, with_overrides
 
 SPACE_TYPES = ("float", "int", "categorical")

@@ -30,9 +30,9 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cdgan import tracking
-from cdgan.evaluation import Objective, objective_for
 from cdgan.files import read_json
 from cdgan.params import Paths
+from cdgan.ranking import Objective, objective_for
 from pipelines import flows, studies
 from pipelines.overrides import trial_name, with_overrides
 
@@ -197,7 +197,7 @@ def cdgan_tune(
     flow again with the same name continues it: trials a killed run left RUNNING are marked failed and queued
     again with their params. PARALLEL trials run at a time, each `dvc repro evaluate` in sweeps/<name>/ and
     a child MLflow run of this flow's parent run. A trial's value is its objective score
-    (`evaluation.objective_for`, which the champion gate and the sweep report rank by too); a median pruner
+    (`ranking.objective_for`, which the champion gate and the sweep report rank by too); a median pruner
     stops trials whose score over the training history (`train/fid`; `train/modes` and `train/hq_frac` for
     2-D data) falls behind. Writes presets/tuned-<name>.yaml (an overlay: the keys where the best trial's
     params differ from params.yaml), reports/tune-<name>.md and reports/tune-<name>/*.png, all logged to the

@@ -85,16 +85,18 @@ def test_repro_then_status_is_clean_and_second_repro_does_nothing(dvc_repo: Path
 
 
 # The stages `dvc status` names after an edit to one file: those whose own module imports it, directly or not.
-# The FID reference (reference.py) reaches all four: prepare saves it, train scores against it, evaluate loads
-# it and register ranks by evaluation.primary_metric, which imports it. The metric suite (evaluation.py) is
-# evaluate's and, through primary_metric, register's; the losses train uses, and the sampler (Langevin) imports.
+# The FID reference (reference.py) is prepare's, which saves it, train's, which scores against it, and
+# evaluate's, which loads it; the metric suite (evaluation.py) is evaluate's alone; the ranking (ranking.py) is
+# train's, which logs its best checkpoint by it, and register's, whose champion gate ranks by it; the losses
+# reach every stage that imports the sampler (Langevin); pictures draw train's and evaluate's sample grids.
 EDITS = {
     "src/cdgan/registry.py": {"register"},
-    "src/cdgan/pictures.py": {"evaluate"},
+    "src/cdgan/pictures.py": {"train", "evaluate"},
     "src/cdgan/train.py": {"train"},
     "src/cdgan/store.py": {"train", "evaluate", "register"},
-    "src/cdgan/reference.py": set(STAGES),
-    "src/cdgan/evaluation.py": {"evaluate", "register"},
+    "src/cdgan/reference.py": {"prepare", "train", "evaluate"},
+    "src/cdgan/evaluation.py": {"evaluate"},
+    "src/cdgan/ranking.py": {"train", "register"},
     "src/cdgan/losses.py": {"train", "evaluate", "register"},
 }
 

@@ -21,9 +21,9 @@ from mlflow.tracking import MlflowClient
 from optuna.distributions import FloatDistribution
 
 from cdgan import registry, store
-from cdgan.evaluation import IMAGE_OBJECTIVE, MIXTURE_OBJECTIVE, objective_for
 from cdgan.models import build_models
 from cdgan.params import DataParams, ModelParams, Params, Paths, RegisterParams, SampleParams
+from cdgan.ranking import IMAGE_OBJECTIVE, MIXTURE_OBJECTIVE, objective_for
 from cdgan.stages.sample import sample
 from pipelines import flows, studies
 from tests.conftest import REPO, run
@@ -89,7 +89,7 @@ def test_first_version_is_champion_a_worse_one_is_not_a_better_one_is(sampler_ur
 _REGISTER = """
 import json, sys
 from cdgan import registry
-from cdgan.evaluation import MIXTURE_OBJECTIVE
+from cdgan.ranking import MIXTURE_OBJECTIVE
 uri, name, modes, comparable = sys.argv[1], sys.argv[2], float(sys.argv[3]), json.loads(sys.argv[4])
 reg = registry.register_version(uri, name, MIXTURE_OBJECTIVE, {"modes": modes, "hq_frac": 0.5}, comparable, 0.0)
 print(reg.version, reg.alias)

@@ -30,7 +30,7 @@ from cdgan.sampler import draw_samples
 from cdgan.store import retried, store_lock
 
 if TYPE_CHECKING:  # the served model's code imports no metric code: the objective comes in as an argument
-    from cdgan.evaluation import Objective
+    from cdgan.ranking import Objective
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 # What sets the scale of the ranking metric, as metrics/eval.json records it: a version is ranked against the

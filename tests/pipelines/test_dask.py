@@ -20,7 +20,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL
 
 from cdgan.errors import CdganError
-from cdgan.evaluation import MIXTURE_OBJECTIVE
+from cdgan.ranking import MIXTURE_OBJECTIVE
 from pipelines import flows, studies, tune
 from tests.conftest import BIN, make_project, run, tiny_raw
 from tests.pipelines.conftest import client_env, free_port, serving

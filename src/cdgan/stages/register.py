@@ -10,9 +10,9 @@ from pathlib import Path
 from cdgan import registry, tracking
 from cdgan.data import load_dataset
 from cdgan.errors import CdganError
-from cdgan.evaluation import objective_for
 from cdgan.files import read_json, write_json
 from cdgan.params import Params, Paths
+from cdgan.ranking import objective_for
 from cdgan.stages.edge import run_stage
 from cdgan.stages.trained import load_trained
 
@@ -29,7 +29,7 @@ class RegisterResult:
 
 def register(params: Params, paths: Paths, force: bool = False) -> RegisterResult:
     """Log the sampler into the training run and register a version of `register.model_name`, gated by
-    `registry.register_version` on the data's objective (`evaluation.objective_for`), compared only with a
+    `registry.register_version` on the data's objective (`ranking.objective_for`), compared only with a
     champion measured on the same terms: registry.SCALE_KEYS, as metrics/eval.json records them.
 
     The version is tagged with the lineage (git_commit, git_dirty, dvc_lock_sha256, data_sha256: the

@@ -22,6 +22,7 @@ from cdgan.files import save_torch, sha256_file, write_json
 from cdgan.models import EnergyNet, Generator, build_models
 from cdgan.params import Params, Paths
 from cdgan.pictures import sample_picture
+from cdgan.ranking import objective_for
 from cdgan.reference import build_scorer
 from cdgan.report import write_csv
 from cdgan.sampler import draw_samples
@@ -145,14 +146,10 @@ def _train_tracked(
 
 
 def _is_best(values: dict[str, float], earlier: list[dict[str, float]], is_image: bool) -> bool:
-    """Whether the scores `values` beat every `earlier` score of this run (resumed ones included): lower fid
-    for images; for 2-D mixtures more modes, then, among as many modes, a larger hq_frac. evaluation.Objective's
-    order, which this stage cannot import without depending on all of evaluation.py."""
-
-    def rank(scores: dict[str, float]) -> tuple[float, ...]:  # higher is better
-        return (-scores["fid"],) if is_image else (scores["modes"], scores["hq_frac"])
-
-    return all(rank(values) > rank(scores) for scores in earlier)
+    """Whether the scores `values` beat every `earlier` score of this run (resumed ones included), ranked as
+    every model is (`ranking.objective_for`)."""
+    key = objective_for(is_image).sort_key
+    return all(key(values) < key(scores) for scores in earlier)
 
 
 def _plain_copy(params: Params, generator: Generator, data_shape: tuple[int, ...]) -> nn.Module:
