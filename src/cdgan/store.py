@@ -193,7 +193,7 @@ class OpenRun:
     own, in order, so a log call never waits on the store; what the store cannot take goes to `pending`.
 
     Not MLflow's asynchronous logging (`synchronous=False`): it costs the training thread ~40 times the CPU
-    per call and stores no sooner (benchmarks/logging_async.py), and neither retries nor keeps what fails.
+    per call and stores no sooner (benchmarks/costs.py, logging_async), and neither retries nor keeps what fails.
     """
 
     run_id: str

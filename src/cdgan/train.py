@@ -84,10 +84,10 @@ def init_state(model: ModelParams, train: TrainParams, data_shape: tuple[int, ..
 class WarmupEMA(AveragedModel):
     """An exponential moving average of `net` whose decay after n updates is min(decay, (1 + n) / (10 + n)), as
     TensorFlow's ExponentialMovingAverage with num_updates. A fixed 0.999 would keep 0.999^2000 = 13.5 % of the
-    random initial weights in the sampling generator after a 2000-step run (digits FID ~100 instead of ~10).
+    random initial weights in the sampling generator after a 2000-step run, which spoils its samples.
 
     `AveragedModel.update_parameters` reads its count `n_averaged` back from the device twice per call, two host
-    syncs per training step on CUDA (benchmarks/gpu.py counted 42 in 20 steps); here the count is mirrored on the
+    syncs per training step on CUDA (benchmarks/loop.py, gpu, counts them); here the count is mirrored on the
     host, so an update only queues device work. The state dict stays AveragedModel's (`module.*`, `n_averaged`).
     """
 

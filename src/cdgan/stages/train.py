@@ -165,7 +165,7 @@ def _plain_copy(params: Params, generator: Generator, data_shape: tuple[int, ...
 @contextmanager
 def _progress_bar() -> Iterator[Progress]:
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
-    # no refresh thread (1-2% of a core, benchmarks/stage_costs.py): the bar redraws when the loop logs
+    # no refresh thread (its cost: benchmarks/costs.py): the bar redraws when the loop logs
     progress = Progress(
         *columns, TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), auto_refresh=False
     )
