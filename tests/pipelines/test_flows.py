@@ -14,8 +14,8 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import TaskRun
 
 from cdgan.errors import CdganError
-from cdgan.evaluation import IMAGE_OBJECTIVE, MIXTURE_OBJECTIVE, Objective
 from cdgan.params import Paths
+from cdgan.ranking import IMAGE_OBJECTIVE, MIXTURE_OBJECTIVE, Objective
 from pipelines import flows
 from tests.conftest import REPO, make_project, run, tiny_raw
 

@@ -22,9 +22,9 @@ from optuna.trial import TrialState
 from prefect.flows import load_flow_from_entrypoint
 
 from cdgan.errors import CdganError
-from cdgan.evaluation import IMAGE_OBJECTIVE, MIXTURE_OBJECTIVE
 from cdgan.params import read_params_yaml
 from cdgan.presets import load_preset
+from cdgan.ranking import IMAGE_OBJECTIVE, MIXTURE_OBJECTIVE
 from pipelines import studies, tune
 from tests.conftest import REPO, make_project, tiny_raw
 
