@@ -13,10 +13,10 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 import yaml
 
+from cdgan.cli import run_app
 from cdgan.errors import CdganError
 from cdgan.stages.edge import guarded
 from pipelines.overrides import pipeline_params, resolve_params, sweep_params
@@ -154,21 +154,12 @@ def patient_ephemeral_server() -> AbstractContextManager[object]:
 
 
 def pipeline_main(argv: list[str] | None = None) -> None:
-    guarded(lambda: _invoke(pipeline_app, "cdgan-pipeline", argv))
+    guarded(lambda: run_app(pipeline_app, "cdgan-pipeline", argv))
 
 
 def sweep_main(argv: list[str] | None = None) -> None:
-    guarded(lambda: _invoke(sweep_app, "cdgan-sweep", argv))
+    guarded(lambda: run_app(sweep_app, "cdgan-sweep", argv))
 
 
 def tune_main(argv: list[str] | None = None) -> None:
-    guarded(lambda: _invoke(tune_app, "cdgan-tune", argv))
-
-
-def _invoke(app: typer.Typer, prog_name: str, argv: list[str] | None) -> int | None:
-    """As `cdgan.cli.main` runs its app: bad flags print click's usage error and exit 2."""
-    try:
-        return app(args=argv, prog_name=prog_name, standalone_mode=False)  # typer returns 130 for Ctrl-C
-    except (click.ClickException, typer.exceptions.TyperException) as err:
-        err.show()
-        raise SystemExit(err.exit_code) from None
+    guarded(lambda: run_app(tune_app, "cdgan-tune", argv))

@@ -25,9 +25,9 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from cdgan import registry
-from cdgan.evaluation import IMAGE_OBJECTIVE
 from cdgan.models import build_models
 from cdgan.params import ModelParams, SampleParams
+from cdgan.ranking import IMAGE_OBJECTIVE
 from tests.conftest import BIN, free_port, run, serving, start_server, stop_group
 from tests.imports import import_closure, module_file
 

@@ -169,13 +169,14 @@ def params_show(
 
 
 def main(argv: list[str] | None = None) -> None:
-    guarded(lambda: _invoke(argv))  # errors, Ctrl-C and SIGTERM as every command ends
+    guarded(lambda: run_app(app, "cdgan", argv))  # errors, Ctrl-C and SIGTERM as every command ends
 
 
-def _invoke(argv: list[str] | None) -> int | None:
+def run_app(typer_app: typer.Typer, prog_name: str, argv: list[str] | None) -> int | None:
+    """Run a Typer app as cdgan's console scripts do: bad flags print click's usage error and exit 2."""
     try:
-        return app(args=argv, prog_name="cdgan", standalone_mode=False)  # typer returns 130 for Ctrl-C
-    except (click.ClickException, typer.exceptions.TyperException) as err:  # bad flags: message, exit code 2
+        return typer_app(args=argv, prog_name=prog_name, standalone_mode=False)  # typer returns 130 for Ctrl-C
+    except (click.ClickException, typer.exceptions.TyperException) as err:
         # typer 0.2x raises its own copy of click's exceptions (typer._click), whose base is TyperException
         err.show()
         raise SystemExit(err.exit_code) from None
