@@ -1,20 +1,23 @@
 """Prefect fixtures: the in-process test harness, and real `prefect server` and `mlflow server` processes
-on free loopback ports for the tests that drive deployments through a worker."""
+on free loopback ports for the tests that drive deployments through a worker; a local Dask cluster."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from distributed import Client
 from prefect.settings import PREFECT_HOME, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
 from tests.conftest import BIN, free_port, serving, stop_group
 
-__all__ = ["Server", "client_env", "free_port", "serving", "stop_group"]  # what tests/pipelines/ import from here
+# what tests/pipelines/ import from here
+__all__ = ["Server", "client_env", "dask_cluster", "free_port", "serving", "stop_group"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +78,31 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     ]  # fmt: skip
     with serving(cmd, f"{uri}/health", server.log, client_env()):
         yield server
+
+
+@contextmanager
+def dask_cluster(root: Path, n_workers: int, **env: str) -> Iterator[str]:
+    """The address of a `dask scheduler` on a free loopback port with `n_workers` `dask worker` processes of one
+    thread each, for the block; their logs and local directories under `root`, `env` on top of `client_env()`.
+
+    The workers start outside the repo with nothing on PYTHONPATH, as on a cluster node: they import cdgan and
+    pipelines (the trials' code) as the venv installed them, prefect and distributed, never this checkout's `tests`.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    env = {key: value for key, value in client_env(**env).items() if key != "PYTHONPATH"}
+    with ExitStack() as stack:
+        dashboard = free_port()
+        scheduler = [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1]]
+        scheduler += ["--dashboard-address", f"127.0.0.1:{dashboard}"]
+        stack.enter_context(serving(scheduler, f"http://127.0.0.1:{dashboard}/health", root / "scheduler.log", env))
+        for n in range(n_workers):
+            dashboard = free_port()
+            worker = [str(BIN / "dask"), "worker", address, "--nthreads", "1", "--host", "127.0.0.1"]
+            worker += ["--name", f"worker-{n}", "--dashboard-address", f"127.0.0.1:{dashboard}"]
+            worker += ["--local-directory", str(root / f"worker-{n}")]
+            log = root / f"worker-{n}.log"
+            stack.enter_context(serving(worker, f"http://127.0.0.1:{dashboard}/health", log, env))
+        with Client(address, timeout=60, set_as_default=False) as client:
+            client.wait_for_workers(n_workers, timeout=120)
+        yield address

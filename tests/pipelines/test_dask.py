@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import mlflow
@@ -23,35 +22,15 @@ from cdgan.errors import CdganError
 from cdgan.ranking import MIXTURE_OBJECTIVE
 from pipelines import flows, studies, tune
 from tests.conftest import BIN, make_project, run, tiny_raw
-from tests.pipelines.conftest import client_env, free_port, serving
+from tests.pipelines.conftest import dask_cluster, free_port
 
 N_WORKERS = 2
 
 
 @pytest.fixture(scope="module")
 def dask_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The address of a `dask scheduler` with N_WORKERS `dask worker` processes of one thread each.
-
-    The workers start outside the repo with nothing on PYTHONPATH, as on a cluster node: they import cdgan and
-    pipelines (the trials' code) as the venv installed them, prefect and distributed, never this checkout's `tests`.
-    """
-    root = tmp_path_factory.mktemp("dask")
-    address = f"tcp://127.0.0.1:{free_port()}"
-    env = {key: value for key, value in client_env().items() if key != "PYTHONPATH"}
-    with ExitStack() as stack:
-        dashboard = free_port()
-        scheduler = [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1]]
-        scheduler += ["--dashboard-address", f"127.0.0.1:{dashboard}"]
-        stack.enter_context(serving(scheduler, f"http://127.0.0.1:{dashboard}/health", root / "scheduler.log", env))
-        for n in range(N_WORKERS):
-            dashboard = free_port()
-            worker = [str(BIN / "dask"), "worker", address, "--nthreads", "1", "--host", "127.0.0.1"]
-            worker += ["--name", f"worker-{n}", "--dashboard-address", f"127.0.0.1:{dashboard}"]
-            worker += ["--local-directory", str(root / f"worker-{n}")]
-            log = root / f"worker-{n}.log"
-            stack.enter_context(serving(worker, f"http://127.0.0.1:{dashboard}/health", log, env))
-        with Client(address, timeout=60, set_as_default=False) as client:
-            client.wait_for_workers(N_WORKERS, timeout=120)
+    """The address of a `dask_cluster` of N_WORKERS single-threaded worker processes, for the module."""
+    with dask_cluster(tmp_path_factory.mktemp("dask"), N_WORKERS) as address:
         yield address
 
 
