@@ -44,22 +44,32 @@ def test_digits_default_beats_the_gaussian_mixture_far_and_nears_the_real_data_f
     assert m["modes"] == 10 and m["kl"] <= 3 * m["kl_floor"] + 0.005, m
 
 
+# what README and RESULTS claim for each preset over its seeds (grid25 0-4, ring8 0-2), with the margin one host's
+# kernels move seed 0 by: every mode, the high-quality share, raw G(z)'s modes and the MMD to the mixture
+MIXTURE_CLAIMS = {
+    "grid25": {"modes": 25, "hq_frac": 0.99, "modes_raw": 21, "mmd": 0.01},
+    "ring8": {"modes": 8, "hq_frac": 0.95, "modes_raw": 8, "mmd": 0.015},
+}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["grid25", "ring8"])
 def test_mixture_preset_covers_every_mode_at_the_data_width(dataset: str, tmp_path: Path, mlflow_uri: str) -> None:
     # given the data set's preset as it ships, on params.yaml (a preset holds only the keys it changes)
     raw = read_preset(REPO / "presets" / f"{dataset}.yaml", REPO / "params.yaml")
-    n_modes = {"grid25": 25, "ring8": 8}[dataset]
+    claim = MIXTURE_CLAIMS[dataset]
     # when
     m = _run(raw, tmp_path)
-    # then the model output covers the modes with high-quality samples as wide as the data's, and raw G(z)
-    # alone covers most of them
-    assert m["modes"] >= n_modes - 1 and m["hq_frac"] >= 0.95, m
+    # then the model output covers every mode with high-quality samples as wide as the data's, close to the
+    # mixture in MMD, and raw G(z) alone covers the modes it is claimed to
+    assert m["modes"] == claim["modes"] and m["hq_frac"] >= claim["hq_frac"], m
     assert 0.7 <= m["spread"] <= 1.4, m
-    assert m["modes_raw"] >= 0.8 * n_modes, m
+    assert m["mmd"] <= claim["mmd"], m
+    assert m["modes_raw"] >= claim["modes_raw"], m
 
 
-@pytest.mark.slow  # about 8 min of one core: 16000 steps, then 26,000 samples scored (the stacked MNIST protocol)
+@pytest.mark.slow
+@pytest.mark.heavy  # 16000 steps, then 26,000 samples scored (the stacked MNIST protocol)
 def test_stacked_digits_preset_covers_every_mode_near_the_real_data_balance(tmp_path: Path, mlflow_uri: str) -> None:
     # given the stacked-digits preset as it ships, on params.yaml (1000 modes: three digits as the channels)
     raw = read_preset(REPO / "presets" / "stacked-digits.yaml", REPO / "params.yaml")
@@ -77,7 +87,8 @@ def _stacked_kl_bound(kl_floor: float) -> float:
     return 1.3 * kl_floor if kl_floor > 0.02 else 0.03
 
 
-@pytest.mark.slow  # about 10 min of one core: the 12-epoch classifier, 1000 steps, 2000 samples
+@pytest.mark.slow
+@pytest.mark.heavy  # the 12-epoch classifier, 1000 steps, 2000 samples
 def test_mnist10k_preset_shortened_counts_modes_and_halves_the_distance_to_the_mixture_early(
     tmp_path: Path, mlflow_uri: str
 ) -> None:
