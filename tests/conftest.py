@@ -10,7 +10,6 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import dis
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,7 +25,7 @@ import numpy as np
 import pytest
 import requests
 import torch
-import yaml
+from benchmarks.harness import make_project, tiny_raw  # the one tiny project of the tests and the benchmarks
 from xdist.scheduler import LoadScopeScheduling
 
 from cdgan.params import Params, Paths, load_params, parse_params
@@ -37,25 +36,6 @@ STARTUP_SECONDS = (
     180  # a cold server imports mlflow or torch, or migrates its database: minutes on a busy 2-core machine
 )
 STOP_SECONDS = 15  # after SIGTERM, before the process group gets SIGKILL
-
-# Tiny but real: a few steps of every stage on the embedded digits, on the CPU.
-TINY = {
-    "data": {"dataset": "digits", "classifier_epochs": 1},
-    "train": {"steps": 20, "log_every": 5, "eval_every": 10, "checkpoint_every": 10, "device": "cpu", "cd_k": 2},
-    "evaluate": {"n_samples": 200, "kid_subset_size": 100, "kid_subsets": 10},
-}
-
-
-def merged(base: dict, overrides: dict) -> dict:
-    out = {**base}
-    for key, value in overrides.items():
-        out[key] = merged(base.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
-def tiny_raw(**sections: dict) -> dict:
-    """The real params.yaml with the TINY overrides, then `sections` on top."""
-    return merged(merged(yaml.safe_load((REPO / "params.yaml").read_text()), TINY), sections)
 
 
 @pytest.fixture
@@ -111,22 +91,6 @@ def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) 
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
-
-
-def make_project(root: Path, raw_params: dict) -> Path:
-    """A real git + DVC project: the repo's dvc.yaml and sources, the given params, committed."""
-    root.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (root / "params.yaml").write_text(yaml.safe_dump(raw_params, sort_keys=False))
-    run(["git", "init", "-q"], root)
-    run(["git", "config", "user.email", "test@cdgan"], root)
-    run(["git", "config", "user.name", "cdgan tests"], root)
-    run(["dvc", "init", "-q"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "project"], root)
-    return root
 
 
 def free_port() -> int:

@@ -107,23 +107,30 @@ def project_copy(dvc_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return shutil.copytree(dvc_repo, tmp_path_factory.mktemp("edits") / "project", symlinks=True)
 
 
+def status_with(project: Path, path: str, edited: bytes) -> dict[str, list[dict]]:
+    """What `dvc status --json` says of `project` while its file `path` holds `edited`; the file is restored."""
+    file = project / path
+    original = file.read_bytes()
+    file.write_bytes(edited)
+    try:
+        return json.loads(run(["dvc", "status", "--json"], project).stdout)
+    finally:
+        file.write_bytes(original)
+
+
+def changed_deps(status: dict[str, list[dict]], stage: str) -> list[dict]:
+    return [entry["changed deps"] for entry in status[stage] if "changed deps" in entry]
+
+
 @pytest.mark.parametrize(("path", "stages"), EDITS.items(), ids=list(EDITS))
 def test_a_code_edit_reruns_exactly_the_stages_that_import_it(project_copy: Path, path: str, stages: set[str]) -> None:
-    # given the reproduced project with one comment line appended to one source file
-    source = project_copy / path
-    original = source.read_bytes()
-    source.write_bytes(original + b"\n# an edit\n")
-    try:
-        # when DVC compares the project with dvc.lock
-        status = json.loads(run(["dvc", "status", "--json"], project_copy).stdout)
-    finally:
-        source.write_bytes(original)
+    # given the reproduced project with one comment line appended to one source file, when DVC compares it with
+    # dvc.lock
+    status = status_with(project_copy, path, (project_copy / path).read_bytes() + b"\n# an edit\n")
 
     # then it names exactly those stages, each for that file alone
     assert set(status) == stages, f"{path}: {sorted(status)}"
-    for stage in stages:
-        changed = [entry["changed deps"] for entry in status[stage] if "changed deps" in entry]
-        assert changed == [{path: "modified"}], (stage, status[stage])
+    assert all(changed_deps(status, stage) == [{path: "modified"}] for stage in stages), status
 
 
 # The stages `dvc status` names after one params key changes: those whose code reads it (train scores its FID
@@ -142,29 +149,18 @@ PARAM_EDITS = {
 def test_a_params_edit_reruns_exactly_the_stages_that_read_the_key(
     project_copy: Path, key: str, stages: set[str], value: object
 ) -> None:
-    # given the reproduced project with one params key changed
-    params_file = project_copy / "params.yaml"
-    original = params_file.read_text()
-    raw = yaml.safe_load(original)
+    # given the reproduced project with one params key changed, when DVC compares it with dvc.lock
+    raw = yaml.safe_load((project_copy / "params.yaml").read_text())
     section, name = key.split(".")
     assert raw[section][name] != value, "test setup: the edit must change the key"
     raw[section][name] = value
-    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
-    try:
-        # when DVC compares the project with dvc.lock
-        status = json.loads(run(["dvc", "status", "--json"], project_copy).stdout)
-    finally:
-        params_file.write_text(original)
+    status = status_with(project_copy, "params.yaml", yaml.safe_dump(raw, sort_keys=False).encode())
 
     # then it names exactly the stages that read the key, each for that key alone (or the section holding it,
     # where the stage tracks a whole section)
     assert set(status) == stages, f"{key}: {sorted(status)}"
-    for stage in stages:
-        changed = [entry["changed deps"] for entry in status[stage] if "changed deps" in entry]
-        assert changed in ([{"params.yaml": {key: "modified"}}], [{"params.yaml": {section: "modified"}}]), (
-            stage,
-            status[stage],
-        )
+    named = ([{"params.yaml": {key: "modified"}}], [{"params.yaml": {section: "modified"}}])
+    assert all(changed_deps(status, stage) in named for stage in stages), status
 
 
 def test_the_project_s_default_remote_is_a_folder_beside_the_checkout() -> None:

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from benchmarks.harness import TINY
 
 from cdgan.errors import CdganError
 from cdgan.params import TrainParams, load_params
 from pipelines import overrides
-from tests.conftest import TINY, tiny_raw
+from tests.conftest import tiny_raw
 
 
 def _overlay_project(tmp_path: Path) -> tuple[Path, str]:
