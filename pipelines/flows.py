@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock, Timeout
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
@@ -90,6 +91,24 @@ def _numeric(values: dict[str, Any]) -> dict[str, float]:
     }
 
 
+@contextmanager
+def pipeline_lock(project: Path) -> Iterator[None]:
+    """One cdgan-pipeline at a time in `project`: each writes the one params.yaml and reruns DVC there, so a
+    second (a scheduled run beside a manual one) waits until the first has read its results, saying so once."""
+    path = project / ".cdgan" / "pipeline.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        get_run_logger().info("Waiting for the cdgan-pipeline already running in %s (lock %s)", project, path)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 @flow(name="cdgan-pipeline")
 def cdgan_pipeline(
     params_path: str = "params.yaml", project_dir: str = ".", overrides: dict[str, Any] | None = None
@@ -103,14 +122,14 @@ def cdgan_pipeline(
     changed.
     """
     project = Path(project_dir).resolve()
-    write_project_params(project, params_path, overrides or {})
-    for stage in STAGES:
-        run_dvc_stage.with_options(name=stage, task_run_name=stage, retries=RETRIES.get(stage, 0))(stage, project)
-
-    paths = Paths(project)
-    run_id = read_json(paths.train_metrics)["mlflow_run_id"]
+    with pipeline_lock(project):
+        write_project_params(project, params_path, overrides or {})
+        for stage in STAGES:
+            run_dvc_stage.with_options(name=stage, task_run_name=stage, retries=RETRIES.get(stage, 0))(stage, project)
+        paths = Paths(project)
+        run_id = read_json(paths.train_metrics)["mlflow_run_id"]
+        metrics = _numeric(read_json(paths.eval_metrics))
     uri = tracking.tracking_uri(paths)
-    metrics = _numeric(read_json(paths.eval_metrics))
     link = tracking.run_link(paths, run_id)
     get_run_logger().info("MLflow run %s in %s: %s", run_id, uri, link)
     create_markdown_artifact(

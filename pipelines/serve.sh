@@ -4,6 +4,7 @@
 set -euo pipefail
 PREFECT_PORT=${PREFECT_PORT:-4200}
 MLFLOW_PORT=${MLFLOW_PORT:-5000}
+OPTUNA_PORT=${OPTUNA_PORT:-8080}
 export PREFECT_API_URL="http://127.0.0.1:${PREFECT_PORT}/api"
 export CDGAN_PROJECT_DIR="$PWD"
 pids=()
@@ -28,6 +29,8 @@ prefect --no-prompt deploy --all
 prefect worker start --pool cdgan-local & pids+=($!)
 mkdir -p mlruns
 mlflow ui --backend-store-uri "${MLFLOW_TRACKING_URI:-sqlite:///mlruns/mlflow.db}" --host 127.0.0.1 --port "$MLFLOW_PORT" & pids+=($!)
+mkdir -p sweeps  # the tuning studies' storage, as cdgan-tune opens it by default
+optuna-dashboard "sqlite:///sweeps/optuna.db" --host 127.0.0.1 --port "$OPTUNA_PORT" & pids+=($!)
 
-echo "Prefect UI: http://127.0.0.1:${PREFECT_PORT}   MLflow UI: http://127.0.0.1:${MLFLOW_PORT}   (Ctrl-C stops all)"
+echo "Prefect UI: http://127.0.0.1:${PREFECT_PORT}   MLflow UI: http://127.0.0.1:${MLFLOW_PORT}   Optuna dashboard: http://127.0.0.1:${OPTUNA_PORT}   (Ctrl-C stops all)"
 wait -n

@@ -115,6 +115,10 @@ def test_prefect_yaml_declares_the_pool_it_is_tested_with() -> None:
     deployments = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
     assert deployments["daily"]["work_pool"]["name"] == POOL
     assert deployments["daily"]["entrypoint"] == "pipelines.flows.cdgan_pipeline"
+    # one pipeline at a time per project, and every deployment's runs get the threads their figures depend on
+    assert deployments["daily"]["concurrency_limit"] == 1
+    threads = {name: d["work_pool"]["job_variables"]["env"]["OMP_NUM_THREADS"] for name, d in deployments.items()}
+    assert threads == {"daily": "2", "loss-comparison": "1", "tune-digits": "1"}, threads
 
 
 @pytest.mark.parametrize(

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from uuid import UUID
 
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 from prefect.artifacts import Artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.client.schemas.objects import TaskRun
+from prefect.client.schemas.objects import State, TaskRun
 
 from cdgan.errors import CdganError
 from cdgan.params import Paths
@@ -57,6 +59,36 @@ def test_pipeline_runs_every_stage_through_dvc(tmp_path: Path, mlflow_uri: str) 
     assert evaluation["mlflow_run_id"] in artifact.data and mlflow_uri in artifact.data, artifact.data
     assert "http://127.0.0.1:5000/#/experiments/" in artifact.data, "a link to the run in the MLflow UI"
     assert f"/runs/{evaluation['mlflow_run_id']})" in artifact.data, artifact.data
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_two_pipelines_started_together_in_one_project_run_one_after_the_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given one project, its own store, and two flow runs started at once with different seeds (a scheduled run
+    # and a manual one)
+    project = make_project(tmp_path / "project", tiny_raw(register={"model_name": "cdgan-lock-test"}))
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    seeds = (1, 2)
+
+    def pipeline(seed: int) -> State:
+        return flows.cdgan_pipeline(project_dir=str(project), overrides={"train.seed": seed}, return_state=True)
+
+    with ThreadPoolExecutor(len(seeds)) as pool:
+        states = list(pool.map(pipeline, seeds))
+
+    # then both completed, each trained and registered under its own params in its own MLflow run
+    assert all(state.is_completed() for state in states), [state.message for state in states]
+    runs = MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()])
+    assert sorted(r.data.params["train.seed"] for r in runs) == ["1", "2"], "one training run per flow run"
+    assert all(r.info.status == "FINISHED" and "fid" in r.data.metrics for r in runs)
+    # and the project ends consistent: dvc.lock records the params.yaml of the run that went second
+    status = run(["dvc", "status"], project).stdout
+    assert "Data and pipelines are up to date" in status, status
+    last = json.loads((project / "metrics" / "train.json").read_text())["mlflow_run_id"]
+    locked = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["train"]["params"]["params.yaml"]
+    assert str(locked["train"]["seed"]) == MlflowClient(uri).get_run(last).data.params["train.seed"]
 
 
 @pytest.mark.usefixtures("prefect_harness")
