@@ -90,7 +90,11 @@ def tune(
     params: ParamsOption = "params.yaml",
     project: ProjectOption = Path(),
     storage: Annotated[
-        str | None, typer.Option(help="Optuna RDB URL (default: sqlite:///PROJECT/sweeps/optuna.db)")
+        str | None,
+        typer.Option(
+            help="study storage: journal:PATH (a journal file, PATH relative to --project; use it with --cluster) "
+            "or an RDB URL (default: sqlite:///PROJECT/sweeps/optuna.db)"
+        ),
     ] = None,
     set_: SetOption = None,
     cluster: ClusterOption = None,
@@ -101,6 +105,7 @@ def tune(
     from pipelines import studies
 
     studies.study_inputs(project.resolve(), space, trials, params, base)
+    studies.resolve_storage(storage, project.resolve())
     from pipelines.tune import cdgan_tune
 
     with patient_ephemeral_server():

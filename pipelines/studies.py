@@ -33,18 +33,64 @@ PRUNE_AFTER_TRIALS = 3  # MedianPruner: no pruning until this many trials have f
 OWNER_ATTR = "cdgan.owner"  # host:pid of the flow that asked the trial: a RUNNING trial whose pid is gone was killed
 REQUEUED_ATTR = "cdgan.requeued_from"
 STUDY_ATTR = "cdgan.study"  # the space and data set a study was created with; a resume must match them
+JOURNAL_PREFIX = "journal:"
+STORAGE_FORMS = "expected journal:PATH (a journal file) or an RDB URL such as sqlite:///PATH or postgresql://HOST/DB"
 
 
 class StudyRef(NamedTuple):
     """What a trial needs to open its study in another thread or on a Dask worker (the pruner is not stored)."""
 
-    storage: str  # an Optuna RDB URL
+    storage: str  # as `resolve_storage` returns it, opened by `open_storage`
     name: str
     pruner: optuna.pruners.BasePruner
 
 
 def default_storage(project: Path) -> str:
     return f"sqlite:///{project / 'sweeps' / 'optuna.db'}"
+
+
+def resolve_storage(storage: str | None, project: Path) -> str:
+    """The study storage every process of a study opens, by this string: `default_storage` for None,
+    `journal:PATH` (Optuna's journal file, for a shared filesystem; a relative PATH is under `project`) with PATH
+    made absolute, or an RDB URL (sqlite:///PATH, postgresql://...) whose database driver is installed.
+    Raises CdganError for anything else, before the storage is touched."""
+    if storage is None:
+        return default_storage(project)
+    if storage.startswith(JOURNAL_PREFIX):
+        path = storage.removeprefix(JOURNAL_PREFIX)
+        if not path:
+            raise CdganError(f"--storage {storage!r}: expected journal:PATH, a journal file such as sweeps/optuna.log")
+        path = project / Path(path).expanduser()
+        if path.is_dir():
+            raise CdganError(f"--storage {storage!r}: {path} is a directory; journal:PATH names a file")
+        return f"{JOURNAL_PREFIX}{path}"
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        dialect = make_url(storage).get_dialect()
+    except (ArgumentError, NoSuchModuleError) as err:
+        raise CdganError(f"--storage {storage!r}: {STORAGE_FORMS} ({err})") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as err:
+        raise CdganError(
+            f"--storage {storage!r}: the {dialect.name} driver {err.name} is not installed; install it, or name "
+            "an installed driver in the URL as DIALECT+DRIVER://"
+        ) from None
+    return storage
+
+
+def open_storage(storage: str) -> optuna.storages.BaseStorage:
+    """The Optuna storage of a `resolve_storage` string: a JournalStorage on the file of `journal:PATH` (its
+    folder made), else the RDB storage of the URL (a sqlite file's folder made)."""
+    if storage.startswith(JOURNAL_PREFIX):
+        path = Path(storage.removeprefix(JOURNAL_PREFIX))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    if storage.startswith("sqlite:///"):
+        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.get_storage(storage)
 
 
 def study_inputs(
@@ -133,15 +179,13 @@ def _distribution(key: Any, entry: Any) -> BaseDistribution:
 def open_study(
     storage: str, name: str, data: DataParams, space: dict[str, BaseDistribution], logger: Any
 ) -> optuna.Study:
-    """The study `name` in `storage`, created for this search space and data set (in the direction of the data
-    set's objective), or continued if it was created for the same ones, its interrupted trials queued again
-    (`requeue_interrupted`)."""
+    """The study `name` in `storage` (a `resolve_storage` string), created for this search space and data set
+    (in the direction of the data set's objective), or continued if it was created for the same ones, its
+    interrupted trials queued again (`requeue_interrupted`)."""
     signature = {"space": {key: distribution_to_json(d) for key, d in space.items()}, "dataset": data.dataset}
-    if storage.startswith("sqlite:///"):
-        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # trials are logged by this flow, not per Optuna call
     study = optuna.create_study(
-        storage=storage,
+        storage=open_storage(storage),
         study_name=name,
         direction=objective_for(data.is_image).direction,
         pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNE_AFTER_TRIALS),
@@ -164,7 +208,7 @@ def open_study(
 def load_trial(ref: StudyRef, number: int) -> optuna.Trial:
     """Trial `number` of the study, opened afresh from its storage (its own connection), with the study's pruner."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.get_storage(ref.storage)
+    storage = open_storage(ref.storage)
     study = optuna.load_study(study_name=ref.name, storage=storage, pruner=ref.pruner)
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(ref.name), number)
     return optuna.Trial(study, trial_id)
@@ -173,7 +217,7 @@ def load_trial(ref: StudyRef, number: int) -> optuna.Trial:
 def requeue_interrupted(study: optuna.Study, logger: Any) -> None:
     """Trials left RUNNING by a flow process of this host that is gone: failed, and queued again with their params.
 
-    RUNNING trials of other hosts (several nodes on one RDB storage) or of live processes are left alone.
+    RUNNING trials of other hosts (several nodes on one storage) or of live processes are left alone.
     """
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

@@ -131,7 +131,7 @@ def tune_trial(
     telling to the flow.
 
     The trial is found by its `number` in the `study`'s storage, opened here: on a Dask worker too, so the
-    storage must be reachable from the workers (an RDB URL, or SQLite on the shared filesystem).
+    storage must be reachable from the workers (a journal file on the shared filesystem, or a database server).
     `env` holds MLFLOW_TRACKING_URI and the parent run (tracking.PARENT_RUN_ENV) under which the trial's run
     opens; the score history is read from that run.
     """
@@ -193,7 +193,8 @@ def cdgan_tune(
     `space` (a YAML file relative to the project), on top of `params_path` (put on the project's params.yaml, as
     in `pipelines.overrides.resolve_params`) and the dotted `base` overrides.
 
-    The study lives in `storage` (an Optuna RDB URL; default sqlite under sweeps/optuna.db), so running the
+    The study lives in `storage` (`journal:PATH`, an Optuna journal file, PATH relative to the project; or an RDB
+    URL; default sqlite under sweeps/optuna.db: `studies.resolve_storage`), so running the
     flow again with the same name continues it: trials a killed run left RUNNING are marked failed and queued
     again with their params. PARALLEL trials run at a time, each `dvc repro evaluate` in sweeps/<name>/ and
     a child MLflow run of this flow's parent run. A trial's value is its objective score
@@ -204,16 +205,23 @@ def cdgan_tune(
     parent run.
 
     With `cluster` (a Dask scheduler address, tcp://host:8786) trials run one per Dask worker thread, as
-    cdgan-sweep's do: the project, the storage and MLFLOW_TRACKING_URI must be reachable from every worker.
+    cdgan-sweep's do: the project, the storage and MLFLOW_TRACKING_URI must be reachable from every worker; on
+    several nodes the storage is a journal file or a database server, not SQLite (a warning says so).
     """
     logger = get_run_logger()
     project = Path(project_dir).resolve()
     raw, params, distributions = studies.study_inputs(project, space, trials, params_path, base or {})
     objective = objective_for(params.data.is_image)
-    storage = storage or studies.default_storage(project)
+    storage = studies.resolve_storage(storage, project)
     paths = Paths(project)
     about = {"study": name, "storage": storage, "space": space, "trials": trials, "cluster": cluster}
     with flows.trial_runner(cluster, "cdgan-tune") as runner:  # an unreachable cluster fails here, first
+        if cluster is not None and storage.startswith("sqlite:"):
+            logger.warning(
+                "study storage %s: SQLite locking is unreliable on a network filesystem; for trials on several "
+                "nodes use --storage journal:PATH (a file on the shared filesystem) or a database server URL",
+                storage,
+            )
         study = studies.open_study(storage, name, params.data, distributions, logger)
         run_name = f"tune-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         with tracking.sweep_run(params, paths, run_name, about) as parent_id:

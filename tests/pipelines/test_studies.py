@@ -6,8 +6,11 @@ import shutil
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
+from optuna.trial import TrialState
 
+from cdgan.errors import CdganError
 from cdgan.params import load_params, parse_params, read_params_yaml
 from cdgan.presets import load_preset
 from pipelines import studies
@@ -59,3 +62,51 @@ def test_differing_keys_keeps_new_and_changed_leaves_only() -> None:
     raw = {"data": {"dataset": "digits", "seed": 0}, "train": {"lr": 0.002, "steps": 3000},
            "sample": {"temperature": 0.01}, "register": {}}  # fmt: skip
     assert studies.differing_keys(raw, base) == {"train": {"steps": 3000}, "sample": {"temperature": 0.01}}
+
+
+@pytest.mark.parametrize(
+    ("storage", "expected"),
+    [
+        (None, "sqlite:///{project}/sweeps/optuna.db"),
+        ("journal:sweeps/optuna.log", "journal:{project}/sweeps/optuna.log"),
+        ("journal:{tmp}/elsewhere/optuna.log", "journal:{tmp}/elsewhere/optuna.log"),
+        ("sqlite:///{tmp}/optuna.db", "sqlite:///{tmp}/optuna.db"),
+        ("postgresql://cdgan@127.0.0.1:5432/optuna", "postgresql://cdgan@127.0.0.1:5432/optuna"),
+    ],
+)
+def test_each_storage_form_resolves_and_a_study_in_it_reopens(
+    tmp_path: Path, storage: str | None, expected: str
+) -> None:
+    # given a project folder and a storage string in one of the accepted forms
+    project = tmp_path / "project"
+    project.mkdir()
+    given = None if storage is None else storage.format(tmp=tmp_path)
+    # when it is resolved, then a relative journal path is under the project, and the rest is kept as given
+    resolved = studies.resolve_storage(given, project)
+    assert resolved == expected.format(project=project, tmp=tmp_path)
+    if resolved.startswith("postgresql:"):
+        return  # the URL's form and driver are checked; opening it needs a server (tests/pipelines/test_multinode.py)
+    # and a study written through `open_storage` is read back from a second opening of the same string
+    study = optuna.create_study(study_name="s", storage=studies.open_storage(resolved))
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    again = optuna.load_study(study_name="s", storage=studies.open_storage(resolved))
+    assert [t.state for t in again.get_trials()] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    if resolved.startswith(studies.JOURNAL_PREFIX):
+        assert Path(resolved.removeprefix(studies.JOURNAL_PREFIX)).stat().st_size > 0, "the journal file holds them"
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        ("journal:", r"expected journal:PATH"),
+        ("journal:.", r"is a directory; journal:PATH names a file"),
+        ("sweeps/optuna.db", r"expected journal:PATH .* or an RDB URL .*Could not parse"),
+        ("bogus://host/db", r"expected journal:PATH .* or an RDB URL .*sqlalchemy\.dialects:bogus"),
+        ("mysql://host/db", r"the mysql driver MySQLdb is not installed"),
+    ],
+)
+def test_a_bad_storage_is_one_error_naming_the_forms(tmp_path: Path, storage: str, message: str) -> None:
+    with pytest.raises(CdganError, match=message) as error:
+        studies.resolve_storage(storage, tmp_path)
+    assert str(error.value).startswith(f"--storage {storage!r}: ") and "\n" not in str(error.value)
+    assert list(tmp_path.iterdir()) == [], "nothing is made for a storage that is refused"

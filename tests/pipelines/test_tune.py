@@ -25,7 +25,7 @@ from cdgan.errors import CdganError
 from cdgan.params import read_params_yaml
 from cdgan.presets import load_preset
 from cdgan.ranking import IMAGE_OBJECTIVE, MIXTURE_OBJECTIVE
-from pipelines import studies, tune
+from pipelines import cli, studies, tune
 from tests.conftest import REPO, make_project, tiny_raw
 
 LR = {"type": "float", "low": 1.0e-4, "high": 1.0e-3, "log": True}
@@ -252,3 +252,19 @@ def test_tune_deployment_loads_the_flow_with_its_parameters_and_a_valid_space() 
         loaded.validate_parameters(deployment["parameters"])
         space = studies.read_space(REPO / deployment["parameters"]["space"], read_params_yaml(REPO / "params.yaml"))
         assert space, deployment["parameters"]["space"]
+
+
+@pytest.mark.parametrize("storage", ["journal:", "sweeps/optuna.db", "bogus://host/db"])
+def test_a_bad_storage_is_one_error_line_before_prefect_starts(
+    tmp_path: Path, storage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given a project with a valid search space
+    project = tune_project(tmp_path / "project", {"train.lr": LR})
+    # when cdgan-tune is given a storage in none of the accepted forms
+    with pytest.raises(SystemExit) as exit_info:
+        cli.tune_main(["--space", "space.yaml", "--storage", storage, "--project", str(project)])
+    # then it exits 1 on one line naming the storage, before any flow run, trial workspace or study
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 1 and out == "", err
+    assert err.startswith(f"cdgan: error: --storage {storage!r}: ") and len(err.splitlines()) == 1, err
+    assert not (project / "sweeps").exists()
