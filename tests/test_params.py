@@ -49,10 +49,12 @@ def test_repo_params_yaml_loads() -> None:
         assert {key: loaded[key] for key in values} == values, f"section {section} differs from params.yaml"
 
 
-def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+def test_empty_file_is_refused(tmp_path: Path) -> None:
+    # the code's defaults differ from the shipped params.yaml: an emptied file must not train them silently
     path = tmp_path / "params.yaml"
     path.write_text("")
-    assert load_params(path) == Params()
+    with pytest.raises(CdganError, match=r"params\.yaml: empty"):
+        load_params(path)
 
 
 def test_params_are_frozen() -> None:

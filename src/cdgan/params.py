@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictInt,
     ValidationError,
     ValidationInfo,
     field_serializer,
@@ -33,6 +37,8 @@ Dataset = Literal[
 ]  # fmt: skip
 LossName = Literal["cd", "bce", "lsgan", "hinge", "wgan-gp"]
 ALLOW_EXTERNAL_PATHS_ENV = "CDGAN_ALLOW_EXTERNAL_PATHS"  # =1: path params may leave the project directory
+MAX_STEP_SIZE = 10.0  # Langevin step sizes past this blow samples up (IGEBM, with clipped gradients, uses 10)
+MAX_LR = 1.0  # Adam learning rates past this diverge
 PIXEL_RANGE = (-1.0, 1.0)  # pixel values of every image data set, real and generated (the generator ends in tanh)
 
 
@@ -73,6 +79,17 @@ def _inside_project(path: str, info: ValidationInfo) -> str:
     return path
 
 
+def _not_bool(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("Input should be a valid number, not true or false")  # YAML's true would read as 1.0
+    return value
+
+
+# Ints and bools are strict: `steps: true` or `steps: "10"` is a typo, not 1 or 10. Floats take ints and numeric
+# strings, as YAML 1.1 reads `5e-5` (no dot) as a string, but not bools.
+Float = Annotated[float, BeforeValidator(_not_bool)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -80,12 +97,12 @@ class _Section(BaseModel):
 class DataParams(_Section):
     dataset: Dataset = "digits"
     root: str = "data/raw"  # torchvision files or the image folder; never downloaded into git
-    download: bool = True  # try torchvision's download when files under `root` are missing
-    image_size: int = Field(8, ge=4)  # images are padded or resized to this side; 4 * 2**n or 7 * 2**n
-    n_points: int = Field(10_000, gt=0)  # samples drawn for 2-D mixtures
-    classifier_epochs: int = Field(10, ge=1)  # epochs of the domain classifier behind FID
-    heldout_frac: float = Field(0.2, gt=0, lt=1)  # share held out: FID reference, k-NN metrics, classifier accuracy
-    seed: int = 0
+    download: StrictBool = True  # try torchvision's download when files under `root` are missing
+    image_size: StrictInt = Field(8, ge=4)  # images are padded or resized to this side; 4 * 2**n or 7 * 2**n
+    n_points: StrictInt = Field(10_000, gt=0)  # samples drawn for 2-D mixtures
+    classifier_epochs: StrictInt = Field(10, ge=1)  # epochs of the domain classifier behind FID
+    heldout_frac: Float = Field(0.2, gt=0, lt=1)  # share held out: FID reference, k-NN metrics, classifier accuracy
+    seed: StrictInt = 0
 
     @field_validator("image_size")
     @classmethod
@@ -103,46 +120,46 @@ class DataParams(_Section):
 
 
 class ModelParams(_Section):
-    z_dim: int = Field(16, gt=0)  # latent size
-    hidden: int = Field(128, gt=0)  # MLP width (2-D data)
-    channels: int = Field(32, gt=0)  # base conv width (images)
-    energy_channels: int | None = Field(None, gt=0)  # the energy net's base conv width; None = channels
-    spectral_norm: bool = True  # spectral norm on every energy-net layer (IGEBM)
+    z_dim: StrictInt = Field(16, gt=0)  # latent size
+    hidden: StrictInt = Field(128, gt=0)  # MLP width (2-D data)
+    channels: StrictInt = Field(32, gt=0)  # base conv width (images)
+    energy_channels: StrictInt | None = Field(None, gt=0)  # the energy net's base conv width; None = channels
+    spectral_norm: StrictBool = True  # spectral norm on every energy-net layer (IGEBM)
 
 
 class TrainParams(_Section):
     loss: LossName = "cd"
-    cd_k: int = Field(0, ge=0)  # Langevin steps from G(z); 0 = plain energy gap
-    langevin_step_size: float = Field(0.01, gt=0)  # x <- x - step_size * dE/dx + noise * eps
-    langevin_noise: float = Field(0.005, ge=0)
-    langevin_grad_clip: float = Field(0.0, ge=0)  # clip dE/dx elementwise in the chain (IGEBM); 0 = off
-    replay_size: int = Field(0, ge=0)  # buffer of past chain samples (IGEBM); 0 = off
-    replay_frac: float = Field(0.0, ge=0, le=1)  # share of chains started from the buffer instead of G(z)
-    energy_reg: float = Field(0.1, ge=0)  # L2 penalty on energy magnitudes (cd)
-    real_gp: float = Field(0.0, ge=0)  # gradient penalty |dE/dx|^2 on real data (R1); 0 = off
-    gp_weight: float = Field(10.0, ge=0)  # gradient penalty weight for wgan-gp
+    cd_k: StrictInt = Field(0, ge=0)  # Langevin steps from G(z); 0 = plain energy gap
+    langevin_step_size: Float = Field(0.01, gt=0, le=MAX_STEP_SIZE)  # x <- x - step_size * dE/dx + noise * eps
+    langevin_noise: Float = Field(0.005, ge=0)
+    langevin_grad_clip: Float = Field(0.0, ge=0)  # clip dE/dx elementwise in the chain (IGEBM); 0 = off
+    replay_size: StrictInt = Field(0, ge=0)  # buffer of past chain samples (IGEBM); 0 = off
+    replay_frac: Float = Field(0.0, ge=0, le=1)  # share of chains started from the buffer instead of G(z)
+    energy_reg: Float = Field(0.1, ge=0)  # L2 penalty on energy magnitudes (cd)
+    real_gp: Float = Field(0.0, ge=0)  # gradient penalty |dE/dx|^2 on real data (R1); 0 = off
+    gp_weight: Float = Field(10.0, ge=0)  # gradient penalty weight for wgan-gp
     generator_objective: Literal["energy", "cooperative"] = "energy"  # lower E(G(z)), or regress G(z) onto x_k
-    steps: int = Field(2000, gt=0)  # generator steps
-    n_critic: int = Field(1, ge=1)  # energy-net steps per generator step
-    batch_size: int = Field(64, gt=0)  # global: each torchrun process trains on batch_size / world size
-    lr: float = Field(2e-4, gt=0)  # generator, and energy net unless lr_e is set
-    lr_e: float | None = Field(None, gt=0)
-    lr_decay: float = Field(0.0, ge=0, le=1)  # share of the steps, at the end, over which both lrs fall linearly to 0
-    beta1: float = Field(0.5, ge=0, lt=1)
-    beta2: float = Field(0.999, ge=0, lt=1)
-    ema: float = Field(0.999, ge=0, lt=1)  # generator EMA decay; 0 disables it
-    energy_ema: float = Field(0.0, ge=0, lt=1)  # EMA decay of the energy net the sampler refines on; 0 = the last
-    log_every: int = Field(50, gt=0)
-    eval_every: int = Field(500, ge=0)  # score (FID or modes) during training; 0 = never
-    checkpoint_every: int = Field(500, gt=0)
+    steps: StrictInt = Field(2000, gt=0)  # generator steps
+    n_critic: StrictInt = Field(1, ge=1)  # energy-net steps per generator step
+    batch_size: StrictInt = Field(64, gt=0)  # global: each torchrun process trains on batch_size / world size
+    lr: Float = Field(2e-4, gt=0, le=MAX_LR)  # generator, and energy net unless lr_e is set
+    lr_e: Float | None = Field(None, gt=0, le=MAX_LR)
+    lr_decay: Float = Field(0.0, ge=0, le=1)  # share of the steps, at the end, over which both lrs fall linearly to 0
+    beta1: Float = Field(0.5, ge=0, lt=1)
+    beta2: Float = Field(0.999, ge=0, lt=1)
+    ema: Float = Field(0.999, ge=0, lt=1)  # generator EMA decay; 0 disables it
+    energy_ema: Float = Field(0.0, ge=0, lt=1)  # EMA decay of the energy net the sampler refines on; 0 = the last
+    log_every: StrictInt = Field(50, gt=0)
+    eval_every: StrictInt = Field(500, ge=0)  # score (FID or modes) during training; 0 = never
+    checkpoint_every: StrictInt = Field(500, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data_loading: Literal["auto", "device", "stream"] = "auto"  # auto: stream on CUDA past device_data_mb
-    device_data_mb: float = Field(2048.0, gt=0)  # a CUDA device holds prepared data up to this size whole
-    num_workers: int = Field(2, ge=0)  # DataLoader workers gathering streamed batches; 0 = in the loop's process
-    amp: bool = False  # bf16 autocast of the forward passes (GPUs with bf16; CPUs too, usually slower)
-    channels_last: bool = False  # NHWC memory layout for the conv nets (image data only); faster convs on GPUs
-    compile: bool = False  # torch.compile both networks; not with spectral norm or gradient penalties
-    seed: int = 0
+    device_data_mb: Float = Field(2048.0, gt=0)  # a CUDA device holds prepared data up to this size whole
+    num_workers: StrictInt = Field(2, ge=0)  # DataLoader workers gathering streamed batches; 0 = in the loop's process
+    amp: StrictBool = False  # bf16 autocast of the forward passes (GPUs with bf16; CPUs too, usually slower)
+    channels_last: StrictBool = False  # NHWC memory layout for the conv nets (image data only); faster convs on GPUs
+    compile: StrictBool = False  # torch.compile both networks; not with spectral norm or gradient penalties
+    seed: StrictInt = 0
 
     @model_validator(mode="after")
     def _cooperative_needs_a_chain(self) -> TrainParams:
@@ -168,23 +185,23 @@ class SampleParams(_Section):
     """
 
     space: Literal["data", "latent"] = "data"  # data: refine x = G(z); latent: refine z, then G(z) (DDLS)
-    langevin_steps: int = Field(0, ge=0)  # 0 = raw G(z)
-    step_size: float = Field(0.01, gt=0)
-    temperature: float = Field(0.0, ge=0)  # noise sqrt(2 * step_size * temperature) per step
+    langevin_steps: StrictInt = Field(0, ge=0)  # 0 = raw G(z)
+    step_size: Float = Field(0.01, gt=0, le=MAX_STEP_SIZE)
+    temperature: Float = Field(0.0, ge=0)  # noise sqrt(2 * step_size * temperature) per step
 
 
 class EvaluateParams(_Section):
     """Scores of image models; 2-D data sets always report `modes` and `hq_frac` and use only n_samples and seed."""
 
-    n_samples: int = Field(2000, gt=1)
+    n_samples: StrictInt = Field(2000, gt=1)
     metrics: tuple[Literal["fid", "kid", "precision_recall", "density_coverage", "inception_score"], ...] = ("fid",)
     feature_extractor: Literal["domain", "inception"] = "domain"  # domain: the classifier `prepare` trains
     inception_weights: str = "data/inception/pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's file; never fetched
-    kid_subsets: int = Field(100, gt=0)  # KID: mean and std over this many random subsets
-    kid_subset_size: int = Field(1000, gt=1)  # at most min(n_samples, real examples)
-    nearest_k: int = Field(5, gt=0)  # k of the k-NN balls behind precision, recall, density, coverage
+    kid_subsets: StrictInt = Field(100, gt=0)  # KID: mean and std over this many random subsets
+    kid_subset_size: StrictInt = Field(1000, gt=1)  # at most min(n_samples, real examples)
+    nearest_k: StrictInt = Field(5, gt=0)  # k of the k-NN balls behind precision, recall, density, coverage
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = Field(0, ge=0)
+    seed: StrictInt = Field(0, ge=0)
 
     @field_validator("metrics")
     @classmethod
@@ -204,7 +221,7 @@ class EvaluateParams(_Section):
 
 class RegisterParams(_Section):
     model_name: str = Field("cdgan", min_length=1)
-    min_improvement: float = Field(0.0, ge=0)  # a challenger must beat the champion by this much
+    min_improvement: Float = Field(0.0, ge=0)  # a challenger must beat the champion by this much
 
 
 with warnings.catch_warnings():
@@ -316,14 +333,44 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     return parse_params(read_params_yaml(Path(path)), source=str(path))
 
 
+class _ParamsLoader(yaml.SafeLoader):
+    """YAML as params files are read: a key written twice is an error, not the last value, and `5e-5`
+    (no dot, a string to YAML 1.1) is a float, as YAML 1.2 and every other reader have it."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"{key} is written twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: what and where."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        return f"{err.problem} at line {err.problem_mark.line + 1}, column {err.problem_mark.column + 1}"
+    return " ".join(str(err).split())
+
+
 def read_params_yaml(path: Path) -> dict:
     """The raw sections of a params file, not yet validated (flows apply overrides to it first)."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_ParamsLoader)
     except FileNotFoundError:
         raise CdganError(f"{path}: params file not found; pass --params PATH or run from the project root") from None
     except yaml.YAMLError as err:
-        raise CdganError(f"{path}: not valid YAML ({err})") from None
+        raise CdganError(f"{path}: not valid YAML ({_yaml_problem(err)})") from None
+    if raw is None:
+        raise CdganError(f"{path}: empty; copy the project's params.yaml, or `git checkout params.yaml`")
     if not isinstance(raw, dict):
         raise CdganError(f"{path}: expected a mapping of sections (data, model, train, sample, evaluate, register)")
     return raw
