@@ -58,10 +58,13 @@ def _fsync(path: Path) -> None:
 
 
 def _disk_full_cause(err: BaseException) -> OSError | None:
-    """The ENOSPC / EFBIG / EDQUOT behind `err`: itself, or what it was raised from or during."""
+    """The ENOSPC / EFBIG / EDQUOT behind `err`: itself, or what it was raised from or during.
+
+    An OSError with no errno counts too: numpy's writer reports a short write (what the file-size limit gives)
+    as a bare OSError, so one raised while writing is taken for the same."""
     seen: BaseException | None = err
     while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in DISK_FULL:
+        if isinstance(seen, OSError) and (seen.errno in DISK_FULL or seen.errno is None):
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
@@ -71,7 +74,7 @@ def _disk_full_message(path: Path, err: OSError) -> str:
     where = next(p for p in (path.parent, *path.parents, Path()) if p.exists()).resolve()
     free = shutil.disk_usage(where).free
     return (
-        f"disk full while writing {path}: free space {free / 2**20:.1f} MiB on {where} ({err.strerror}); "
+        f"disk full while writing {path}: free space {free / 2**20:.1f} MiB on {where} ({err.strerror or err}); "
         f"{path.name} keeps its previous content, if any, and no temp file is left. Free some space, or "
         "raise the quota or the file-size limit (ulimit -f), and rerun"
     )

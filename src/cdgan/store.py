@@ -44,12 +44,19 @@ PENDING_DIR = "pending"  # under mlruns/: <run id>.jsonl (and <run id>/ for copi
 HTTP_RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"  # MLflow's retries inside each call: 7, minutes in all
 SOURCE_TAGS = {MLFLOW_GIT_COMMIT, MLFLOW_GIT_BRANCH, MLFLOW_GIT_DIRTY, MLFLOW_GIT_REPO_URL}  # a run's git source
 LOCK_SECONDS = 300.0  # waiting longer for a store lock means a stuck process: fail with its path
+STORE_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")  # MLflow's
+SQLITE_HEADER = b"SQLite format 3\0"  # the first bytes of every SQLite database file
 _log = logging.getLogger(__name__)
 
 
 def open_store(uri: str) -> None:
     """Point MLflow at store `uri` and fail fast, before any work, if it cannot be reached."""
     scheme = urlparse(uri).scheme
+    if scheme.split("+")[0] not in STORE_SCHEMES:  # postgresql+psycopg2: a database with its driver
+        raise CdganError(
+            f"MLFLOW_TRACKING_URI={uri}: not a store MLflow can open (schemes: {', '.join(STORE_SCHEMES[1:])}); "
+            "fix it, or unset MLFLOW_TRACKING_URI to use the local store in mlruns/"
+        )
     if scheme in ("http", "https"):
         try:
             requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
@@ -59,6 +66,7 @@ def open_store(uri: str) -> None:
                 "(mlflow server) or unset MLFLOW_TRACKING_URI to use the local store in mlruns/"
             ) from None
     elif scheme == "sqlite":
+        _check_sqlite_file(sqlite_path(uri))
         sqlite_path(uri).parent.mkdir(parents=True, exist_ok=True)
         # MLflow creates a fresh database's tables without a lock: two processes starting on one new file
         # both try, and one fails. Opening both stores (tracking, registry) under the lock creates them once.
@@ -66,6 +74,18 @@ def open_store(uri: str) -> None:
             retried(lambda: MlflowClient(uri).search_experiments(max_results=1))
             retried(lambda: MlflowClient(uri).search_registered_models(max_results=1))
     mlflow.set_tracking_uri(uri)
+
+
+def _check_sqlite_file(path: Path) -> None:
+    """A store file that exists must be an SQLite database: anything else is named, with the fix, before MLflow
+    opens it (and fails with SQLAlchemy's traceback)."""
+    if path.is_file() and path.stat().st_size > 0:
+        with path.open("rb") as f:
+            if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                raise CdganError(
+                    f"{path}: not an SQLite database, so not an MLflow store; move it aside (the next run "
+                    "creates a fresh store there) or point MLFLOW_TRACKING_URI at the store you meant"
+                )
 
 
 def sqlite_path(uri: str) -> Path:
