@@ -1,6 +1,6 @@
 """cdgan-sweep and cdgan-tune on a real Dask cluster: `dask scheduler` and two single-threaded `dask worker`
 processes on 127.0.0.1, with the real Prefect harness server, real DVC trials, a real MLflow store and real
-Optuna storage in SQLite."""
+Optuna storage in SQLite or a journal file."""
 
 from __future__ import annotations
 
@@ -130,6 +130,42 @@ def test_tune_runs_its_trials_on_two_dask_worker_processes_and_the_pruner_sees_t
     assert sorted(t[tune.TRIAL_TAG] for t in tags) == ["0", "1"]
     assert sorted(t.get("cdgan.dask_worker", "") for t in tags) == sorted(pids), tags
     assert all(r.info.status == "FINISHED" for r in children), [r.info.status for r in children]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_tune_on_two_dask_workers_keeps_its_study_in_a_journal_file(
+    tmp_path: Path, mlflow_uri: str, dask_scheduler: str
+) -> None:
+    # given a 2-D project, a one-parameter space, the two-worker cluster and a journal file as the study's storage
+    raw = tiny_raw(data={"dataset": "grid25", "n_points": 500}, train={"eval_every": 0})
+    project = make_project(tmp_path / "project", raw)
+    (project / "space.yaml").write_text(
+        yaml.safe_dump({"train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-3, "log": True}})
+    )
+    pids = worker_pids(dask_scheduler)
+
+    # when a study of 2 trials runs on that cluster with --storage journal:sweeps/optuna.log
+    tune.cdgan_tune(space="space.yaml", trials=2, name="journal", project_dir=str(project),
+                    storage="journal:sweeps/optuna.log", cluster=dask_scheduler)  # fmt: skip
+
+    # then the journal file, reopened by Optuna's own journal storage, holds both trials complete
+    journal = project / "sweeps" / "optuna.log"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    trials = optuna.load_study(study_name="journal", storage=storage).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"], trials
+    assert not (project / "sweeps" / "optuna.db").exists(), "no SQLite storage beside the journal"
+
+    # and the workers told their trials to it: one trial ran in each worker process
+    [parent] = [
+        r for r in mlflow.search_runs(experiment_names=["cdgan-grid25"], output_format="list")
+        if r.data.tags.get("cdgan.tune_study") == "journal"
+    ]  # fmt: skip
+    children = mlflow.search_runs(
+        experiment_names=["cdgan-grid25"],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+        output_format="list",
+    )
+    assert sorted(r.data.tags.get("cdgan.dask_worker", "") for r in children) == sorted(pids)
 
 
 @pytest.mark.usefixtures("prefect_harness")
