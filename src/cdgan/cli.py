@@ -123,7 +123,10 @@ def probe(
     params: ParamsOption = PARAMS_FILE,
 ) -> None:
     """Vanishing-gradient probe: generator gradient norm per loss as E trains against a frozen G."""
-    steps = [int(s) for s in critic_steps.split(",") if s.strip()]
+    try:
+        steps = [int(s) for s in critic_steps.split(",") if s.strip()]
+    except ValueError:
+        raise CdganError(f"--critic-steps: expected comma-separated integers, got {critic_steps!r}") from None
     loaded = load_params(params)
     from cdgan.probe import probe as run_probe  # loads torch: after the params, as the stages do
 

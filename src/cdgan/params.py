@@ -367,6 +367,10 @@ def read_params_yaml(path: Path) -> dict:
         raw = yaml.load(path.read_text(), Loader=_ParamsLoader)
     except FileNotFoundError:
         raise CdganError(f"{path}: params file not found; pass --params PATH or run from the project root") from None
+    except OSError as err:  # a folder, no permission
+        raise CdganError(f"{path}: cannot read the params file ({err.strerror}); pass --params PATH") from None
+    except UnicodeDecodeError as err:
+        raise CdganError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
     except yaml.YAMLError as err:
         raise CdganError(f"{path}: not valid YAML ({_yaml_problem(err)})") from None
     if raw is None:
