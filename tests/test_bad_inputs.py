@@ -85,6 +85,10 @@ CASES = [
     Case("unknown probe loss", ["probe", "--losses", "kl"], "kl"),
     Case("bogus tracking URI", SAMPLE, "MLFLOW_TRACKING_URI=bogus://nowhere: not a store",
          env={"MLFLOW_TRACKING_URI": "bogus://nowhere"}),
+    Case("store folder unmakeable", SAMPLE, "cannot open the MLflow store sqlite:////proc/nope/mlflow.db",
+         env={"MLFLOW_TRACKING_URI": "sqlite:////proc/nope/mlflow.db"}),
+    Case("store without its driver", SAMPLE, "cannot open the MLflow store mysql://cdgan:***@127.0.0.1:9/db",
+         env={"MLFLOW_TRACKING_URI": "mysql://cdgan:secret@127.0.0.1:9/db"}),
     Case("store not a database", SAMPLE, "mlruns/mlflow.db: not an SQLite database",
          files={"mlruns/mlflow.db": b"not a database\n" * 100}),
 ]  # fmt: skip

@@ -33,6 +33,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_GIT_DIRTY, MLFLOW_GIT_REPO_URL
+from sqlalchemy.exc import SQLAlchemyError
 
 from cdgan.errors import CdganError, Terminated
 from cdgan.files import write_atomic
@@ -45,6 +46,7 @@ HTTP_RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"  # MLflow's retries inside 
 SOURCE_TAGS = {MLFLOW_GIT_COMMIT, MLFLOW_GIT_BRANCH, MLFLOW_GIT_DIRTY, MLFLOW_GIT_REPO_URL}  # a run's git source
 LOCK_SECONDS = 300.0  # waiting longer for a store lock means a stuck process: fail with its path
 STORE_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")  # MLflow's
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")  # SQLAlchemy stores besides SQLite
 SQLITE_HEADER = b"SQLite format 3\0"  # the first bytes of every SQLite database file
 _log = logging.getLogger(__name__)
 
@@ -67,13 +69,31 @@ def open_store(uri: str) -> None:
             ) from None
     elif scheme == "sqlite":
         _check_sqlite_file(sqlite_path(uri))
-        sqlite_path(uri).parent.mkdir(parents=True, exist_ok=True)
         # MLflow creates a fresh database's tables without a lock: two processes starting on one new file
         # both try, and one fails. Opening both stores (tracking, registry) under the lock creates them once.
-        with store_lock(uri, "init"):
+        with _cannot_open(uri):
+            sqlite_path(uri).parent.mkdir(parents=True, exist_ok=True)
+            with store_lock(uri, "init"):
+                retried(lambda: MlflowClient(uri).search_experiments(max_results=1))
+                retried(lambda: MlflowClient(uri).search_registered_models(max_results=1))
+    elif scheme.split("+")[0] in DATABASE_SCHEMES:
+        with _cannot_open(uri):
             retried(lambda: MlflowClient(uri).search_experiments(max_results=1))
-            retried(lambda: MlflowClient(uri).search_registered_models(max_results=1))
     mlflow.set_tracking_uri(uri)
+
+
+@contextmanager
+def _cannot_open(uri: str) -> Iterator[None]:
+    """A database store that cannot be opened (no such folder, no driver, no server) as one line naming it."""
+    try:
+        yield
+    except (OSError, ImportError, SQLAlchemyError, MlflowException) as err:
+        reason = (str(err).strip().splitlines() or [""])[0]
+        shown = uri.replace(f":{urlparse(uri).password}@", ":***@") if urlparse(uri).password else uri
+        raise CdganError(
+            f"cannot open the MLflow store {shown} ({type(err).__name__}: {reason}); check the path, the database "
+            "server and its Python driver, or unset MLFLOW_TRACKING_URI to use the local store in mlruns/"
+        ) from None
 
 
 def _check_sqlite_file(path: Path) -> None:
