@@ -91,7 +91,7 @@ Float = Annotated[float, BeforeValidator(_not_bool)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # `.inf` or `.nan` is never a setting
 
 
 class DataParams(_Section):
