@@ -128,7 +128,7 @@ def test_exp_show_has_fid_modes_and_params_columns(experiments: Experiments) -> 
         params = yaml.safe_load(committed["params.yaml"])
         evaluation = json.loads(committed["metrics/eval.json"])
         row = rows[shown["name"]]
-        assert float(row["fid"]) == pytest.approx(evaluation["fid"]) and int(row["modes"]) == evaluation["modes"]
+        assert float(row["fid"]) == pytest.approx(evaluation["fid"]) and float(row["modes"]) == evaluation["modes"]
         assert row["train.loss"] == params["train"]["loss"] == loss
         assert int(row["train.cd_k"]) == params["train"]["cd_k"] and int(row["train.seed"]) == params["train"]["seed"]
         locked = yaml.safe_load(committed["dvc.lock"])["stages"]["train"]["params"]["params.yaml"]
