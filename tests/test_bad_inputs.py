@@ -67,7 +67,6 @@ CASES = [
     Case("absurd langevin step", ["train"], "train.langevin_step_size: Input should be less than or equal to 10",
          {"train": {"langevin_step_size": 1e9}}),
     Case("absurd sample step", ["train"], "sample.step_size", {"sample": {"step_size": 1e9}}),
-    Case("huge learning rate", ["train"], "train.lr: Input should be less than or equal to 1", {"train": {"lr": 5.0}}),
     Case("infinite float", ["train"], "train.energy_reg: Input should be a finite", "train:\n  energy_reg: .inf\n"),
     Case("nan float", ["train"], "sample.temperature: Input should be a finite", "sample:\n  temperature: .nan\n"),
     Case("negative steps", ["train"], "train.steps: Input should be greater than 0", {"train": {"steps": -10}}),

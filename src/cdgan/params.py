@@ -38,7 +38,6 @@ Dataset = Literal[
 LossName = Literal["cd", "bce", "lsgan", "hinge", "wgan-gp"]
 ALLOW_EXTERNAL_PATHS_ENV = "CDGAN_ALLOW_EXTERNAL_PATHS"  # =1: path params may leave the project directory
 MAX_STEP_SIZE = 10.0  # Langevin step sizes past this blow samples up (IGEBM, with clipped gradients, uses 10)
-MAX_LR = 1.0  # Adam learning rates past this diverge
 PIXEL_RANGE = (-1.0, 1.0)  # pixel values of every image data set, real and generated (the generator ends in tanh)
 
 
@@ -142,8 +141,8 @@ class TrainParams(_Section):
     steps: StrictInt = Field(2000, gt=0)  # generator steps
     n_critic: StrictInt = Field(1, ge=1)  # energy-net steps per generator step
     batch_size: StrictInt = Field(64, gt=0)  # global: each torchrun process trains on batch_size / world size
-    lr: Float = Field(2e-4, gt=0, le=MAX_LR)  # generator, and energy net unless lr_e is set
-    lr_e: Float | None = Field(None, gt=0, le=MAX_LR)
+    lr: Float = Field(2e-4, gt=0)  # generator, and energy net unless lr_e is set
+    lr_e: Float | None = Field(None, gt=0)
     lr_decay: Float = Field(0.0, ge=0, le=1)  # share of the steps, at the end, over which both lrs fall linearly to 0
     beta1: Float = Field(0.5, ge=0, lt=1)
     beta2: Float = Field(0.999, ge=0, lt=1)

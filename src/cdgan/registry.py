@@ -132,7 +132,18 @@ def _png_bytes(image: np.ndarray) -> bytes:
 
 # Distributions whose modules the logged model imports when it loads: cdgan.registry and the cdgan modules it
 # imports (tests/test_serving.py derives that set from the imports and checks it against this list).
-SERVING_DISTRIBUTIONS = ("mlflow", "torch", "numpy", "pandas", "pillow", "pydantic", "pyyaml", "requests", "filelock")
+SERVING_DISTRIBUTIONS = (
+    "mlflow",
+    "torch",
+    "numpy",
+    "pandas",
+    "pillow",
+    "pydantic",
+    "pyyaml",
+    "requests",
+    "filelock",
+    "sqlalchemy",
+)
 
 
 def serving_requirements() -> list[str]:
