@@ -194,40 +194,17 @@ def test_installed_console_script_runs(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "absent.yaml" in bad.stderr
 
 
-def test_ctrl_c_exits_130_ends_the_run_failed_and_the_rerun_resumes(tmp_path: Path, spawn: Callable) -> None:
-    # given a real `cdgan train` on its own SQLite store, past its first resume checkpoint
-    raw = tiny_raw(
-        data={"dataset": "grid25", "n_points": 500},
-        train={"steps": 600, "checkpoint_every": 5, "log_every": 100, "eval_every": 0},
-    )
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": uri}
-    run(["cdgan", "prepare"], tmp_path)
-    train = spawn(
-        ["cdgan", "train"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
-    )
-    wait_for_checkpoint(train, Paths(tmp_path).resume, seconds=300)
-
-    # when the user presses Ctrl-C
-    train.send_signal(signal.SIGINT)
-    _, err = train.communicate(timeout=60)
-
-    # then: exit 130, one line saying so, the checkpoint to resume from kept, and the MLflow run ended FAILED
-    assert train.returncode == 130, err
-    assert err.strip().splitlines()[-1].startswith("cdgan: interrupted"), err
-    (checkpoint,) = Paths(tmp_path).resume.glob("*.pt")
-    run_id = load_torch(checkpoint)["meta"]["mlflow_run_id"]
-    client = MlflowClient(uri)
-    assert client.get_run(run_id).info.status == "FAILED"
-
-    # and a rerun resumes from the checkpoint, continuing that run to its end
-    run(["cdgan", "train"], tmp_path, env={"MLFLOW_TRACKING_URI": uri})
-    assert json.loads((tmp_path / "metrics" / "train.json").read_text())["mlflow_run_id"] == run_id
-    assert client.get_run(run_id).info.status == "FINISHED"
-
-
-def test_sigterm_exits_143_ends_the_run_killed_and_the_rerun_resumes(tmp_path: Path, spawn: Callable) -> None:
+@pytest.mark.parametrize(
+    ("signum", "code", "line", "status"),
+    [
+        (signal.SIGINT, 130, "cdgan: interrupted", "FAILED"),  # Ctrl-C in a terminal
+        (signal.SIGTERM, 143, "cdgan: terminated", "KILLED"),  # Prefect, `kill` or `systemctl stop`
+    ],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_a_signal_exits_with_one_line_ends_the_run_and_the_rerun_resumes(
+    signum: signal.Signals, code: int, line: str, status: str, tmp_path: Path, spawn: Callable
+) -> None:
     # given a real `cdgan train` on its own SQLite store, past its first resume checkpoint
     raw = tiny_raw(
         data={"dataset": "grid25", "n_points": 2000},
@@ -237,21 +214,23 @@ def test_sigterm_exits_143_ends_the_run_killed_and_the_rerun_resumes(tmp_path: P
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": uri}
     run(["cdgan", "prepare"], tmp_path)
-    train = spawn(["cdgan", "train"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    train = spawn(
+        ["cdgan", "train"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     resume_dir = Paths(tmp_path).resume
     wait_for_checkpoint(train, resume_dir, seconds=300)  # imports and store creation: minutes on a busy machine
 
-    # when it is sent SIGTERM, as Prefect, `kill` or `systemctl stop` do
-    train.send_signal(signal.SIGTERM)
+    # when it gets the signal
+    train.send_signal(signum)
     _, err = train.communicate(timeout=120)
 
-    # then: exit 143, one line saying so, the checkpoint kept, and the MLflow run ended KILLED, not RUNNING
-    assert train.returncode == 143, err
-    assert err.strip().splitlines()[-1].startswith("cdgan: terminated"), err
+    # then: its exit code, one line saying so, the checkpoint kept, and the MLflow run ended, not RUNNING
+    assert train.returncode == code, err
+    assert err.strip().splitlines()[-1].startswith(line), err
     (checkpoint,) = resume_dir.glob("*.pt")
     run_id = load_torch(checkpoint)["meta"]["mlflow_run_id"]
     client = MlflowClient(uri)
-    assert client.get_run(run_id).info.status == "KILLED"
+    assert client.get_run(run_id).info.status == status
 
     # and a rerun resumes from the checkpoint (whose meta names the run), continuing that run to its end
     run(["cdgan", "train"], tmp_path, env={"MLFLOW_TRACKING_URI": uri})
