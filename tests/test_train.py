@@ -18,6 +18,7 @@ from cdgan.files import load_torch, save_torch
 from cdgan.losses import LOSSES
 from cdgan.models import build_models
 from cdgan.params import DataParams, ModelParams, TrainParams
+from cdgan.sampler import draw_samples
 from cdgan.train import (
     RunMeta,
     TrainState,
@@ -113,6 +114,75 @@ def test_energy_step_is_the_cd_loss_on_detached_chain_samples_plus_the_energy_pe
     assert all(p.grad is None for p in state.generator.parameters()), "the energy-net step reached G"
 
 
+# every loss written out on energies E (a critic's logit is -E): (energy-net loss of E(real), E(fake); G's loss)
+LOSSES_BY_HAND = {
+    "cd": (lambda r, f: r.mean() - f.mean(), lambda g: g.mean()),
+    "bce": (
+        lambda r, f: torch.log1p(torch.exp(r)).mean() + torch.log1p(torch.exp(-f)).mean(),
+        lambda g: torch.log1p(torch.exp(g)).mean(),  # non-saturating: -log sigmoid(-E(G(z)))
+    ),
+    "lsgan": (lambda r, f: 0.5 * ((r + 1) ** 2).mean() + 0.5 * (f**2).mean(), lambda g: 0.5 * ((g + 1) ** 2).mean()),
+    "hinge": (lambda r, f: torch.clamp(1 + r, min=0).mean() + torch.clamp(1 - f, min=0).mean(), lambda g: g.mean()),
+    "wgan-gp": (lambda r, f: r.mean() - f.mean(), lambda g: g.mean()),
+}
+
+
+def _input_grad(energy: nn.Module, x: Tensor) -> Tensor:
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(energy(x).sum(), x, create_graph=True)
+    return grad.flatten(1)
+
+
+@pytest.mark.parametrize("real_gp", [0.0, 0.5])
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_one_energy_step_and_one_generator_step_of_every_loss_match_the_hand_computed_gradients(
+    loss: str, real_gp: float
+) -> None:
+    # given a conv model, the loss with its penalties switched on, and a copy of the state to compute by hand
+    params = _train(loss=loss, steps=1, cd_k=2, energy_reg=0.5, gp_weight=10.0, real_gp=real_gp,
+                    langevin_step_size=0.1, langevin_noise=0.05)  # fmt: skip
+    x = _images()
+    start = _state(params, x)
+    energy_loss, generator_loss = LOSSES_BY_HAND[loss]
+
+    # when the loop takes one energy-net step, and (from the same start) one step of each network
+    stepped = copy.deepcopy(start)
+    values = energy_step(params, stepped, x)
+    trained = fit(copy.deepcopy(start), x, params, _no_log)
+
+    # then the energy step is the loss on a real batch and on G(z) (x_k for CD), drawn from the loop's stream...
+    by_hand = copy.deepcopy(start)
+    rng, energy = by_hand.rng, by_hand.energy
+    x_real = x[torch.randint(len(x), (params.batch_size,), generator=rng)]
+    with torch.no_grad():
+        x_fake = by_hand.generator(by_hand.generator.sample_z(params.batch_size, rng))
+    if loss == "cd":
+        x_fake = _chain(params, energy, x_fake, rng)
+    e_real, e_fake = energy(x_real), energy(x_fake)
+    expected = energy_loss(e_real, e_fake)
+    if loss == "cd":  # the energy magnitude penalty: CD alone has unbounded energies
+        expected = expected + 0.5 * (e_real.square().mean() + e_fake.square().mean())
+    if loss == "wgan-gp":  # (|dE/dx| - 1)^2 at alpha real + (1 - alpha) fake
+        alpha = torch.rand(params.batch_size, generator=rng).view(-1, 1, 1, 1)
+        norms = _input_grad(energy, alpha * x_real + (1 - alpha) * x_fake).norm(dim=1)
+        expected = expected + 10.0 * ((norms - 1) ** 2).mean()
+    if real_gp:  # R1: |dE/dx|^2 at the real batch
+        expected = expected + real_gp * _input_grad(energy, x_real).square().sum(1).mean()
+    torch.testing.assert_close(values["loss_e"], expected.detach())
+    names = [name for name, _ in energy.named_parameters()]
+    for name, grad in zip(names, torch.autograd.grad(expected, list(energy.parameters())), strict=True):
+        torch.testing.assert_close(stepped.energy.get_parameter(name).grad, grad, msg=f"{loss}: dE/d{name}")
+
+    # ... and the generator step is G's loss on the energy net as the energy step left it (spectral norm's
+    # power iteration included), on the next latents of the stream
+    z = by_hand.generator.sample_z(params.batch_size, rng)
+    loss_g = generator_loss(stepped.energy(by_hand.generator(z)))
+    names = [name for name, _ in by_hand.generator.named_parameters()]
+    grads = torch.autograd.grad(loss_g, list(by_hand.generator.parameters()))
+    for name, grad in zip(names, grads, strict=True):
+        torch.testing.assert_close(trained.generator.get_parameter(name).grad, grad, msg=f"{loss}: dG/d{name}")
+
+
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 def test_only_losses_that_refine_their_negatives_depend_on_cd_k(loss: str) -> None:
     # given two copies of one state
@@ -185,6 +255,27 @@ def test_score_is_logged_every_eval_every_steps() -> None:
     fit(_state(params, x), x, params, lambda s, v: calls.append((s, v)), score=lambda g, e: {"modes": 1.0})
     # then
     assert [s for s, v in calls if "modes" in v] == [2, 4]
+
+
+def test_scoring_during_training_leaves_the_trained_networks_as_they_would_be_without_it(
+    deterministic: None,
+) -> None:
+    """Why the quality tests train with eval_every 0: the history is a side channel, not part of the model."""
+    # given a conv model with BatchNorm and an EMA energy net (the sampler switches both to eval mode and back)
+    scored = _train(steps=4, eval_every=1, energy_ema=0.9)
+    x = _images()
+
+    def score(generator: nn.Module, energy: nn.Module) -> dict[str, float]:
+        return {"fid": float(draw_samples(generator, energy, 16, seed=0).mean())}
+
+    # when one run scores samples after every step and the other never does
+    a = fit(_state(scored, x), x, scored, _no_log, score=score)
+    unscored = scored.model_copy(update={"eval_every": 0})
+    b = fit(_state(unscored, x), x, unscored, _no_log, score=score)
+    # then every network and buffer is bitwise the same
+    for net in ("generator", "energy", "sampling_generator", "sampling_energy"):
+        sa, sb = getattr(a, net).state_dict(), getattr(b, net).state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), f"{net}: scoring changed the training"
 
 
 def test_n_critic_steps_the_energy_net_n_times_per_generator_step() -> None:
