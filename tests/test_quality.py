@@ -22,8 +22,10 @@ from tests.conftest import REPO
 
 
 def _run(raw: dict, root: Path) -> dict[str, float]:
+    """prepare, train and evaluate `raw` in `root`; no scoring during training, which these tests do not read
+    and which leaves the trained model as it is (test_train.py has the test)."""
     params: Params = parse_params(raw)
-    params = params.model_copy(update={"train": params.train.model_copy(update={"device": "cpu"})})
+    params = params.model_copy(update={"train": params.train.model_copy(update={"device": "cpu", "eval_every": 0})})
     paths = Paths(root)
     prepare(params, paths)
     train(params, paths)
@@ -97,7 +99,7 @@ def test_mnist10k_preset_shortened_counts_modes_and_halves_the_distance_to_the_m
     runs reach a fifth (RESULTS.md "Real images" gives the figures and the margin)."""
     # given the MNIST preset as it ships, cut to 1000 steps and 2000 samples
     raw = read_preset(REPO / "presets" / "mnist10k.yaml", REPO / "params.yaml")
-    raw["train"] |= {"steps": 1000, "eval_every": 0}
+    raw["train"] |= {"steps": 1000}
     raw["evaluate"] |= {"n_samples": 2000}
     # when
     m = _run(raw, tmp_path)
