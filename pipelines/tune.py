@@ -125,7 +125,7 @@ def tune_trial(
     number: int,
     objective: Objective,
 ) -> FrozenTrial:
-    """One trial as `flows.run_trial` runs a sweep trial: a fresh workspace, `dvc repro evaluate` in it, here
+    """One trial as `flows.run_trial` runs a sweep trial: a fresh workspace reproduced up to evaluate, here
     in a process that is stopped as soon as the pruner says so. Tells the study the `objective` score of its
     metrics/eval.json (or PRUNED) and returns the finished trial; a failed pipeline raises and leaves the
     telling to the flow.
@@ -137,17 +137,16 @@ def tune_trial(
     """
     logger = get_run_logger()
     trial = studies.load_trial(study, number)
-    flows.make_workspace(project, workspace, raw)
+    flows.make_workspace(project, workspace, raw, env)
     tags = json.loads(os.environ.get("MLFLOW_RUN_CONTEXT", "{}")) | flows.worker_tags() | {TRIAL_TAG: str(trial.number)}
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # dvc and cdgan of this venv
-    cmd = ["dvc", "repro", "evaluate"]
     tail: deque[str] = deque(maxlen=flows.TAIL_LINES)
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     parent_id = env[tracking.PARENT_RUN_ENV]
     experiment_id = client.get_run(parent_id).info.experiment_id  # trial runs open in their parent's experiment
     history = score_history(client, experiment_id, parent_id, trial.number, objective)
     with subprocess.Popen(
-        cmd,
+        flows.TRIAL_REPRO,
         cwd=workspace,
         env={**os.environ, **env, "PATH": path, "MLFLOW_RUN_CONTEXT": json.dumps(tags)},
         stdout=subprocess.PIPE,
@@ -163,7 +162,8 @@ def tune_trial(
         _mark_pruned(client, experiment_id, parent_id, trial.number)
         return trial.study.tell(trial, state=TrialState.PRUNED)
     if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed in {workspace} (exit {proc.returncode}):\n{''.join(tail)}")
+        command = " ".join(flows.TRIAL_REPRO)
+        raise RuntimeError(f"{command} failed in {workspace} (exit {proc.returncode}):\n{''.join(tail)}")
     metrics = read_json(Paths(workspace).eval_metrics)
     for key, value in metrics.items():
         if isinstance(value, int | float) and not isinstance(value, bool):

@@ -21,7 +21,7 @@ from cdgan.presets import load_preset
 from tests.conftest import BIN, REPO, default_sigint, run, tiny_raw, wait_for_checkpoint
 
 
-@pytest.mark.parametrize("command", ["prepare", "train", "evaluate", "register", "sample"])
+@pytest.mark.parametrize("command", ["prepare", "reference", "train", "evaluate", "register", "sample"])
 def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     main([command, "--help"])
     assert "--params" in capsys.readouterr().out
@@ -39,7 +39,7 @@ BAD_PARAMS = [
 
 
 @pytest.mark.parametrize(("override", "key"), BAD_PARAMS, ids=[key for _, key in BAD_PARAMS])
-@pytest.mark.parametrize("command", ["prepare", "train", "evaluate", "register"])
+@pytest.mark.parametrize("command", ["prepare", "reference", "train", "evaluate", "register"])
 def test_bad_param_is_one_clear_error_and_writes_nothing(
     command: str,
     override: dict,
@@ -67,6 +67,7 @@ def test_bad_param_is_one_clear_error_and_writes_nothing(
 @pytest.mark.parametrize(
     ("command", "missing"),
     [
+        (["reference"], "data/prepared/dataset.npz"),
         (["train"], "data/prepared/dataset.npz"),
         (["evaluate"], "metrics/train.json"),
         (["register"], "metrics/train.json"),
@@ -189,7 +190,9 @@ def test_unreachable_tracking_server_fails_before_training(
 
 def test_installed_console_script_runs(tmp_path: Path) -> None:
     result = run(["cdgan", "--help"], tmp_path)
-    assert all(command in result.stdout for command in ("prepare", "train", "evaluate", "register", "sample"))
+    assert all(
+        command in result.stdout for command in ("prepare", "reference", "train", "evaluate", "register", "sample")
+    )
     bad = run(["cdgan", "train", "--params", "absent.yaml"], tmp_path, check=False)
     assert bad.returncode == 1 and "absent.yaml" in bad.stderr
 

@@ -20,10 +20,10 @@ from cdgan.sampler import draw_samples
 from cdgan.stages.trained import load_trained
 from tests.conftest import REPO, run
 
-STAGES = ("prepare", "train", "evaluate", "register")
+STAGES = ("prepare", "reference", "train", "evaluate", "register")
 
 
-def test_dvc_yaml_declares_the_four_stages_with_paths_as_in_code() -> None:
+def test_dvc_yaml_declares_the_stages_with_paths_as_in_code() -> None:
     # given the project's dvc.yaml and the fixed Paths
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     paths = Paths()
@@ -38,6 +38,8 @@ def test_dvc_yaml_declares_the_four_stages_with_paths_as_in_code() -> None:
     assert declared("prepare", "outs") == {str(paths.prepared)}
     assert declared("train", "outs") >= {str(paths.generator), str(paths.energy), str(paths.checkpoint)}
     assert declared("train", "metrics") == {str(paths.train_metrics)}
+    assert declared("reference", "metrics") == {str(paths.reference_metrics)}
+    assert str(paths.reference_metrics) in declared("evaluate", "deps")
     assert declared("evaluate", "metrics") == {str(paths.eval_metrics)}
     assert declared("register", "metrics") == {str(paths.register_metrics)}
     assert str(paths.dataset.parent) in declared("train", "deps")
@@ -86,7 +88,8 @@ def test_repro_then_status_is_clean_and_second_repro_does_nothing(dvc_repo: Path
 
 # The stages `dvc status` names after an edit to one file: those whose own module imports it, directly or not.
 # The FID reference (reference.py) is prepare's, which saves it, train's, which scores against it, and
-# evaluate's, which loads it; the metric suite (evaluation.py) is evaluate's alone; the ranking (ranking.py) is
+# reference's and evaluate's, which load it; the metric suite (evaluation.py) is reference's and evaluate's, and
+# evaluate reads the reference stage's file through its module; the ranking (ranking.py) is
 # train's, which logs its best checkpoint by it, and register's, whose champion gate ranks by it; the losses
 # reach every stage that imports the sampler (Langevin); pictures draw train's and evaluate's sample grids.
 EDITS = {
@@ -94,10 +97,11 @@ EDITS = {
     "src/cdgan/pictures.py": {"train", "evaluate"},
     "src/cdgan/train.py": {"train"},
     "src/cdgan/store.py": {"train", "evaluate", "register"},
-    "src/cdgan/reference.py": {"prepare", "train", "evaluate"},
-    "src/cdgan/evaluation.py": {"evaluate"},
+    "src/cdgan/reference.py": {"prepare", "reference", "train", "evaluate"},
+    "src/cdgan/evaluation.py": {"reference", "evaluate"},
+    "src/cdgan/stages/reference.py": {"reference", "evaluate"},
     "src/cdgan/ranking.py": {"train", "register"},
-    "src/cdgan/losses.py": {"train", "evaluate", "register"},
+    "src/cdgan/losses.py": {"reference", "train", "evaluate", "register"},
 }
 
 
@@ -134,11 +138,11 @@ def test_a_code_edit_reruns_exactly_the_stages_that_import_it(project_copy: Path
 
 
 # The stages `dvc status` names after one params key changes: those whose code reads it (train scores its FID
-# history on evaluate.n_samples draws, so that key is train's too).
+# history on evaluate.n_samples draws, so that key is train's too; the reference points are scored at it).
 PARAM_EDITS = {
     "data.classifier_epochs": ({"prepare"}, 2),
     "train.lr": ({"train"}, 0.0015),
-    "evaluate.n_samples": ({"train", "evaluate"}, 150),
+    "evaluate.n_samples": ({"reference", "train", "evaluate"}, 150),
     "model.z_dim": ({"train", "evaluate", "register"}, 8),
     "sample.langevin_steps": ({"evaluate", "register"}, 3),
     "register.min_improvement": ({"register"}, 0.5),

@@ -31,9 +31,11 @@ from cdgan.evaluation import (
 from cdgan.metrics import density_coverage, frechet_distance, precision_recall
 from cdgan.models import EnergyNet, Generator, build_models
 from cdgan.params import DataParams, EvaluateParams, ModelParams, Params, Paths, SampleParams, parse_params
+from cdgan.presets import overlay_params
 from cdgan.reference import load_reference, save_reference
-from cdgan.stages.evaluate import evaluate, scale_hashes
+from cdgan.stages.evaluate import evaluate
 from cdgan.stages.prepare import prepare
+from cdgan.stages.reference import read_reference, reference, scale_hashes
 from cdgan.stages.register import register
 from cdgan.stages.train import train
 from cdgan.stages.trained import load_trained
@@ -322,6 +324,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, mlflow_uri: str) -> Paths:
     paths = Paths(tmp_path_factory.mktemp("evaluate-project"))
     params = parse_params(raw)
     prepare(params, paths)
+    reference(params, paths)
     train(params, paths)
     evaluate(params, paths)
     register(params, paths)
@@ -343,6 +346,39 @@ def test_evaluate_writes_every_asked_metric_to_eval_json_and_mlflow(project: Pat
     for key in keys:
         history = [m.value for m in client.get_metric_history(evaluation["mlflow_run_id"], key)]
         assert evaluation[key] in history, f"{key}: {evaluation[key]} not in the MLflow history {history}"
+
+
+def test_evaluate_reads_the_reference_points_the_reference_stage_scored(project: Paths) -> None:
+    # given the reference stage's file and the evaluation (the fixture ran both)
+    saved = json.loads(project.reference_metrics.read_text())
+    evaluation = json.loads(project.eval_metrics.read_text())
+    # then every reference point is in eval.json as the stage scored it, with what it was scored on beside it
+    points = {k: v for k, v in saved.items() if k != "scored_on"}
+    assert {"fid_floor", "kid_floor", "fid_gmm", "kl_floor"} <= set(points)
+    assert {k: evaluation[k] for k in points} == points
+    assert saved["scored_on"]["n_samples"] == 200 and saved["scored_on"]["data_sha256"] == evaluation["data_sha256"]
+
+
+@pytest.mark.parametrize(
+    "edit", [{"evaluate": {"n_samples": 150}}, {"evaluate": {"seed": 1}}, {"data": {"dataset": "stacked-digits"}}]
+)
+def test_evaluate_refuses_reference_points_scored_on_other_settings(
+    project: Paths, tmp_path: Path, mlflow_uri: str, edit: dict
+) -> None:
+    # given a copy of the project whose params changed after the reference stage ran (a stage run by hand)
+    paths = Paths(shutil.copytree(project.root, tmp_path / "project"))
+    raw = json.loads((paths.root / "params.yaml").read_text())
+    edited = parse_params(overlay_params(raw, edit))
+    # when evaluate runs, then it names the file and the fix, and writes nothing
+    before = paths.eval_metrics.read_bytes()
+    with pytest.raises(
+        CdganError, match=r"reference\.json was scored on other data or evaluate settings.*cdgan reference"
+    ):
+        evaluate(edited, paths)
+    assert paths.eval_metrics.read_bytes() == before
+    # and once the reference stage reruns on the new settings, those are the points evaluate reads
+    if "evaluate" in edit:
+        assert reference(edited, paths).points == read_reference(edited, paths)
 
 
 def test_evaluate_model_uri_writes_only_out_with_the_same_metrics(

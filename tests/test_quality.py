@@ -17,17 +17,19 @@ from cdgan.params import Params, Paths, parse_params
 from cdgan.presets import read_preset
 from cdgan.stages.evaluate import evaluate
 from cdgan.stages.prepare import prepare
+from cdgan.stages.reference import reference
 from cdgan.stages.train import train
 from tests.conftest import REPO
 
 
 def _run(raw: dict, root: Path) -> dict[str, float]:
-    """prepare, train and evaluate `raw` in `root`; no scoring during training, which these tests do not read
+    """The pipeline's stages on `raw` in `root`; no scoring during training, which these tests do not read
     and which leaves the trained model as it is (test_train.py has the test)."""
     params: Params = parse_params(raw)
     params = params.model_copy(update={"train": params.train.model_copy(update={"device": "cpu", "eval_every": 0})})
     paths = Paths(root)
     prepare(params, paths)
+    reference(params, paths)
     train(params, paths)
     return evaluate(params, paths).metrics
 

@@ -98,7 +98,7 @@ def _run_ids(uri: str) -> set[str]:
     return {r.info.run_id for r in client.search_runs(experiments, max_results=50_000)} if experiments else set()
 
 
-DVC_STAGES = ("prepare", "train", "evaluate", "register")
+DVC_STAGES = ("prepare", "reference", "train", "evaluate", "register")
 
 
 @pytest.mark.parametrize("stage", DVC_STAGES)

@@ -46,6 +46,15 @@ def prepare(params: ParamsOption = PARAMS_FILE) -> None:
 
 
 @app.command()
+def reference(params: ParamsOption = PARAMS_FILE) -> None:
+    """Score the reference points (real data's floors, the Gaussian-mixture baseline) into metrics/reference.json."""
+    loaded = load_params(params)
+    from cdgan.stages.reference import reference as run
+
+    report(run(loaded, Paths()))
+
+
+@app.command()
 def train(params: ParamsOption = PARAMS_FILE) -> None:
     """Train generator and energy net; writes models/ and metrics/train.json, logs to MLflow."""
     loaded = load_params(params)

@@ -307,6 +307,10 @@ class Paths:
         return self.metrics / "train.json"
 
     @property
+    def reference_metrics(self) -> Path:
+        return self.metrics / "reference.json"
+
+    @property
     def eval_metrics(self) -> Path:
         return self.metrics / "eval.json"
 

@@ -147,7 +147,7 @@ def test_triggered_deployment_run_completes_through_a_worker(deployed: Deployed,
     # then the run completed on the server, every stage a task, in the project named by CDGAN_PROJECT_DIR
     state, tasks = flow_run(deployed, flow_run_id)
     assert state.state.is_completed(), f"{state.state.name}: {state.state.message}\n{log}"
-    assert sorted(tasks) == sorted(["prepare", "train", "evaluate", "register"]), tasks
+    assert sorted(tasks) == sorted(["prepare", "reference", "train", "evaluate", "register"]), tasks
     status = run(["dvc", "status"], deployed.project).stdout
     assert "Data and pipelines are up to date" in status, status
 

@@ -12,7 +12,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from prefect.artifacts import Artifact
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.objects import State, TaskRun
 
 from cdgan.errors import CdganError
@@ -27,6 +27,13 @@ def task_runs(flow_run_id: UUID) -> list[TaskRun]:
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     return sorted(runs, key=lambda task_run: task_run.start_time)
+
+
+def log_lines(flow_run_id: UUID) -> list[str]:
+    """Every line the flow run and its task runs logged, from the Prefect API."""
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return [log.message for log in logs]
 
 
 def test_stages_follow_dvc_yaml_order() -> None:
@@ -143,6 +150,13 @@ def test_sweep_runs_every_trial_nested_under_one_mlflow_run_and_writes_the_repor
     assert {a.path for a in mlflow.MlflowClient().list_artifacts(parents[0].info.run_id, "report")} >= {
         "report/tiny_comparison.md"
     }
+
+    # and the two trials that started once the first two were done (two at a time) took the data and the
+    # reference points from DVC's run cache, while every trial trained
+    log = log_lines(state.state_details.flow_run_id)
+    for stage in ("prepare", "reference"):
+        assert sum(f"Stage '{stage}' is cached - skipping run" in line for line in log) >= 2, stage
+    assert sum("Running stage 'train'" in line for line in log) == 4
 
 
 @pytest.mark.usefixtures("prefect_harness")

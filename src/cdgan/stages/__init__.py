@@ -1,4 +1,4 @@
-"""The pipeline stages, one module each (prepare, train, evaluate, register), plus `sample`.
+"""The pipeline stages, one module each (prepare, reference, train, evaluate, register), plus `sample`.
 
 A stage module holds the stage function, which the `cdgan` CLI, the tests and the benchmarks call, and a `main`
 that dvc.yaml runs as `python -m cdgan.stages.<stage>`. It imports only the code its stage runs, so the dvc.yaml

@@ -1,5 +1,5 @@
-"""The evaluate stage: the trained networks scored against the held-out data, beside their reference points,
-into metrics/eval.json, plots/eval/samples.png and the training's MLflow run."""
+"""The evaluate stage: the trained networks scored against the held-out data, beside the reference points the
+reference stage scored, into metrics/eval.json, plots/eval/samples.png and the training's MLflow run."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from torch import Tensor
 from cdgan import tracking
 from cdgan.data import load_dataset, mode_centres
 from cdgan.devices import resolve_device
-from cdgan.evaluation import build_suite, reference_points, score_model
-from cdgan.files import read_json, sha256_file, write_json
+from cdgan.evaluation import build_suite, score_model
+from cdgan.files import read_json, write_json
 from cdgan.models import EnergyNet, Generator
-from cdgan.params import EvaluateParams, Params, Paths, SampleParams
+from cdgan.params import Params, Paths, SampleParams
 from cdgan.pictures import save_samples_png
 from cdgan.stages.edge import run_stage
+from cdgan.stages.reference import read_reference, scale_hashes
 from cdgan.stages.trained import load_trained, loss_label
 
 Networks = tuple[Generator, EnergyNet, SampleParams]  # a sampler: both networks and how to draw from them
@@ -43,41 +44,31 @@ class Scores:
     preview: Tensor  # samples for the picture
 
 
-def score(params: Params, paths: Paths, networks: Callable[[tuple[int, ...]], Networks]) -> Scores:
-    """Score the sampler `networks(data_shape)` returns on the prepared data, as `evaluate` does; the params
-    are checked against the data before it is called."""
-    train_split, heldout = load_dataset(paths.dataset), load_dataset(paths.heldout)
+def score(
+    params: Params, paths: Paths, networks: Callable[[tuple[int, ...]], Networks], reference: dict[str, float]
+) -> Scores:
+    """Score the sampler `networks(data_shape)` returns on the prepared data, as `evaluate` does, beside the
+    `reference` points of that data; the params are checked against the data before it is called."""
+    heldout = load_dataset(paths.heldout)
     ev = params.evaluate
     device = resolve_device(ev.device, "evaluate.device")
     suite = build_suite(params.data.dataset, heldout, paths.classifier, ev, device)  # checks params against the data
-    generator, energy, sampling = networks(train_split.shape)
+    generator, energy, sampling = networks(heldout.shape)
     evaluation = score_model(suite, generator.to(device), energy.to(device), sampling)
-    metrics = evaluation.metrics | reference_points(suite, train_split, heldout)
     info = {"dataset": params.data.dataset, "feature_extractor": suite.feature_extractor, "n_samples": ev.n_samples,
             "seed": ev.seed, "sample_space": sampling.space}  # fmt: skip
-    return Scores(metrics, info | scale_hashes(suite.feature_extractor, ev, paths), evaluation.preview)
-
-
-def scale_hashes(feature_extractor: str, ev: EvaluateParams, paths: Paths) -> dict[str, str]:
-    """The sha256 of each file that sets the scale of the figures, for the champion gate (registry.SCALE_KEYS).
-
-    `data_sha256`: the training split, which the floors and the mixture baseline are drawn from.
-    `reference_sha256`: the held-out split, the real side of every image metric. `features_sha256`: the feature
-    network, the domain classifier's file (its weights and the held-out statistics `prepare` took with it) or
-    Inception's weights file. 2-D mixtures are scored against fresh draws of the true mixture, with no network:
-    both "none".
-    """
-    hashes = {"data_sha256": sha256_file(paths.dataset)}
-    if feature_extractor == "none":
-        return hashes | {"reference_sha256": "none", "features_sha256": "none"}
-    network = paths.classifier if feature_extractor == "domain" else Path(ev.inception_weights)  # as build_suite
-    return hashes | {"reference_sha256": sha256_file(paths.heldout), "features_sha256": sha256_file(network)}
+    hashes = scale_hashes(suite.feature_extractor, ev, paths)
+    return Scores(evaluation.metrics | reference, info | hashes, evaluation.preview)
 
 
 def evaluate(params: Params, paths: Paths) -> EvaluateResult:
     """Score models/ into metrics/eval.json, plots/eval/ and its MLflow run."""
     run_id = read_json(paths.train_metrics)["mlflow_run_id"]
-    scores = score(params, paths, lambda shape: (*load_trained(params, paths, shape), params.sample))
+
+    def networks(data_shape: tuple[int, ...]) -> Networks:
+        return *load_trained(params, paths, data_shape), params.sample
+
+    scores = score(params, paths, networks, read_reference(params, paths))
     centres = None if params.data.is_image else mode_centres(params.data.dataset)[0]
     title = f"{loss_label(params)}, {_sampling_label(params.sample)}"
     png = save_samples_png(paths.eval_plots / "samples.png", scores.preview, centres, title)

@@ -10,11 +10,13 @@ from cdgan.errors import CdganError
 from cdgan.files import write_json
 from cdgan.params import Params, Paths
 from cdgan.stages.evaluate import EvaluateResult, Networks, score
+from cdgan.stages.reference import score_reference
 
 
 def evaluate_registered(params: Params, paths: Paths, model_uri: str, out: Path) -> EvaluateResult:
-    """Score `model_uri` as the evaluate stage scores models/, into the JSON file `out` only (no DVC output,
-    no MLflow write)."""
+    """Score `model_uri` as the evaluate stage scores models/, beside reference points scored afresh (the
+    reference stage's file may hold other settings), into the JSON file `out` only (no DVC output, no MLflow
+    write)."""
     if out.resolve() == paths.eval_metrics.resolve():
         raise CdganError(f"--out {out} is the evaluate stage's DVC output; write the metrics elsewhere")
 
@@ -22,7 +24,7 @@ def evaluate_registered(params: Params, paths: Paths, model_uri: str, out: Path)
         bundle = _load_registered(paths, model_uri, data_shape)
         return bundle.generator, bundle.energy, bundle.sampling
 
-    scores = score(params, paths, networks)
+    scores = score(params, paths, networks, score_reference(params, paths))
     write_json(out, scores.metrics | scores.info | {"model_uri": model_uri})
     return EvaluateResult(scores.metrics, out, None)
 
