@@ -88,38 +88,50 @@ def test_sweep_runs_its_trials_on_two_dask_worker_processes(
         assert t["cdgan.worker"] == f"{socket.gethostname()}:{pids[t['cdgan.dask_worker']]}", t
 
 
+JOURNAL = "sweeps/optuna.log"
+
+
 @pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("journal", [False, True], ids=["sqlite", "journal"])
 def test_tune_runs_its_trials_on_two_dask_worker_processes_and_the_pruner_sees_their_history(
-    tmp_path: Path, mlflow_uri: str, dask_scheduler: str
+    journal: bool, tmp_path: Path, mlflow_uri: str, dask_scheduler: str
 ) -> None:
-    # given a 2-D project whose trials log a modes history, a one-parameter space, and the two-worker cluster
+    # given a 2-D project whose trials log a modes history, a one-parameter space, the two-worker cluster, and the
+    # study kept in the default SQLite file or in a journal file (--storage journal:PATH)
     raw = tiny_raw(data={"dataset": "grid25", "n_points": 500}, train={"eval_every": 10})
     project = make_project(tmp_path / "project", raw)
     (project / "space.yaml").write_text(
         yaml.safe_dump({"train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-3, "log": True}})
     )
     pids = worker_pids(dask_scheduler)
+    name, storage = ("journal", {"storage": f"journal:{JOURNAL}"}) if journal else ("on-dask", {})
 
     # when a study of 2 trials runs on that cluster
-    result = tune.cdgan_tune(space="space.yaml", trials=2, name="on-dask", project_dir=str(project),
-                             cluster=dask_scheduler)  # fmt: skip
+    result = tune.cdgan_tune(space="space.yaml", trials=2, name=name, project_dir=str(project),
+                             cluster=dask_scheduler, **storage)  # fmt: skip
 
-    # then both trials completed in the study, scored by their own pipelines, and the preset holds the best
-    trials = optuna.load_study(study_name="on-dask", storage=studies.default_storage(project)).get_trials()
+    # then both trials completed in the study (reopened by Optuna's own storage classes), scored by their own
+    # pipelines, and the preset holds the best
+    if journal:
+        opened = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(project / JOURNAL)))
+        assert not (project / "sweeps" / "optuna.db").exists(), "no SQLite storage beside the journal"
+    else:
+        opened = studies.default_storage(project)
+    trials = optuna.load_study(study_name=name, storage=opened).get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"], trials
     for trial in trials:
         evaluation = yaml.safe_load(
-            (project / "sweeps/on-dask" / f"trial-{trial.number:03d}/metrics/eval.json").read_text()
+            (project / "sweeps" / name / f"trial-{trial.number:03d}/metrics/eval.json").read_text()
         )
         assert trial.value == MIXTURE_OBJECTIVE.score(evaluation)
         # the workers reported the objective's score over the logged train/modes and hq_frac history to the pruner
         assert sorted(trial.intermediate_values) == [10, 20], trial.intermediate_values
-    assert (project / "presets" / "tuned-on-dask.yaml").is_file() and result["best_trial"] in (0, 1)
+    assert (project / "presets" / f"tuned-{name}.yaml").is_file() and result["best_trial"] in (0, 1)
 
     # and they ran in the two worker processes, one each, as their child MLflow runs record
     [parent] = [
         r for r in mlflow.search_runs(experiment_names=["cdgan-grid25"], output_format="list")
-        if r.data.tags.get("cdgan.tune_study") == "on-dask"
+        if r.data.tags.get("cdgan.tune_study") == name
     ]  # fmt: skip
     children = mlflow.search_runs(
         experiment_names=["cdgan-grid25"],
@@ -130,42 +142,6 @@ def test_tune_runs_its_trials_on_two_dask_worker_processes_and_the_pruner_sees_t
     assert sorted(t[tune.TRIAL_TAG] for t in tags) == ["0", "1"]
     assert sorted(t.get("cdgan.dask_worker", "") for t in tags) == sorted(pids), tags
     assert all(r.info.status == "FINISHED" for r in children), [r.info.status for r in children]
-
-
-@pytest.mark.usefixtures("prefect_harness")
-def test_tune_on_two_dask_workers_keeps_its_study_in_a_journal_file(
-    tmp_path: Path, mlflow_uri: str, dask_scheduler: str
-) -> None:
-    # given a 2-D project, a one-parameter space, the two-worker cluster and a journal file as the study's storage
-    raw = tiny_raw(data={"dataset": "grid25", "n_points": 500}, train={"eval_every": 0})
-    project = make_project(tmp_path / "project", raw)
-    (project / "space.yaml").write_text(
-        yaml.safe_dump({"train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-3, "log": True}})
-    )
-    pids = worker_pids(dask_scheduler)
-
-    # when a study of 2 trials runs on that cluster with --storage journal:sweeps/optuna.log
-    tune.cdgan_tune(space="space.yaml", trials=2, name="journal", project_dir=str(project),
-                    storage="journal:sweeps/optuna.log", cluster=dask_scheduler)  # fmt: skip
-
-    # then the journal file, reopened by Optuna's own journal storage, holds both trials complete
-    journal = project / "sweeps" / "optuna.log"
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-    trials = optuna.load_study(study_name="journal", storage=storage).get_trials()
-    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"], trials
-    assert not (project / "sweeps" / "optuna.db").exists(), "no SQLite storage beside the journal"
-
-    # and the workers told their trials to it: one trial ran in each worker process
-    [parent] = [
-        r for r in mlflow.search_runs(experiment_names=["cdgan-grid25"], output_format="list")
-        if r.data.tags.get("cdgan.tune_study") == "journal"
-    ]  # fmt: skip
-    children = mlflow.search_runs(
-        experiment_names=["cdgan-grid25"],
-        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-        output_format="list",
-    )
-    assert sorted(r.data.tags.get("cdgan.dask_worker", "") for r in children) == sorted(pids)
 
 
 @pytest.mark.usefixtures("prefect_harness")
