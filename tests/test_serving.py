@@ -218,11 +218,13 @@ def test_the_model_loads_where_cdgan_is_not_installed(
     image_model: str, local_digest: str, mlflow_uri: str, tmp_path: Path
 ) -> None:
     # when an isolated interpreter (-I: no PYTHONPATH, no user site) drops every sys.path entry that holds
-    # cdgan (the editable install's src/) and then loads the model by alias
+    # cdgan and the editable install's import finder (pip install -e of cdgan and pipelines maps their folders
+    # with a finder, not a sys.path entry), and then loads the model by alias
     code = (
         "import hashlib, importlib.util, sys\n"
         "from pathlib import Path\n"
         "sys.path = [p for p in sys.path if not (Path(p or '.') / 'cdgan' / '__init__.py').exists()]\n"
+        "sys.meta_path = [f for f in sys.meta_path if not getattr(f, '__module__', '').startswith('__editable__')]\n"
         "assert importlib.util.find_spec('cdgan') is None, 'cdgan is still importable'\n"
         "import mlflow, pandas as pd\n"
         "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
