@@ -211,7 +211,7 @@ def test_a_signal_exits_with_one_line_ends_the_run_and_the_rerun_resumes(
     # given a real `cdgan train` on its own SQLite store, past its first resume checkpoint
     raw = tiny_raw(
         data={"dataset": "grid25", "n_points": 2000},
-        train={"steps": 600, "checkpoint_every": 10, "log_every": 100, "eval_every": 0, "cd_k": 1},
+        train={"steps": 200, "checkpoint_every": 5, "log_every": 100, "eval_every": 0, "cd_k": 1},
     )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
