@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -57,6 +59,8 @@ VALUES = {"loss_e": -0.2, "e_real": -0.4, "e_fake": -0.2, "loss_g": -0.2, "grad_
 
 # --- stage_costs
 
+IMPORT_COST_SIZES = {"smoke": 2, "quick": 6, "full": 12}  # rounds of the import arms
+FID_ONLY_STAGES = ("prepare", "train")  # stages that take FID statistics and never score KID
 STAGE_COSTS_SIZES = {"smoke": (2, 2, 2, 0.2), "quick": (15, 7, 20, 2.0), "full": (40, 11, 50, 2.0)}
 # (loop steps per timing, repeats, calls per per-call timing, seconds the bar's thread is watched idle)
 
@@ -320,5 +324,34 @@ def logging_async(size: Size) -> dict[str, object]:
             "ratio_until_stored_mlflow_async_to_cdgan": stored_vs_cdgan["mlflow_async"]["wall"],
             "ratio_per_call_cpu_cdgan_to_sync": ratios(call_seconds, "mlflow_sync", ("cpu",))["cdgan_sender"]["cpu"],
             "ratio_until_stored_cdgan_to_sync": ratios(until_stored, "mlflow_sync", ("wall",))["cdgan_sender"]["wall"],
+        }
+    }
+
+
+def import_cost(size: Size) -> dict[str, object]:
+    """Seconds a fresh process takes to import a stage module, as shipped and with torchmetrics imported too (what
+    cdgan.metrics' hand-written running sums spare every stage that takes FID statistics), paired by round."""
+    repeats = IMPORT_COST_SIZES[size]
+
+    def importing(modules: str) -> Callable[[], Timing]:
+        return lambda: timed(lambda: subprocess.run([sys.executable, "-c", f"import {modules}"], check=True))
+
+    arms = {}
+    for stage in FID_ONLY_STAGES:
+        arms[stage] = importing(f"cdgan.stages.{stage}")
+        arms[f"{stage}+torchmetrics"] = importing(f"torchmetrics, cdgan.stages.{stage}")
+    note(f"import cost of {', '.join(FID_ONLY_STAGES)}: {repeats} interleaved rounds of fresh interpreters")
+    warm_up(arms)  # the page cache holds every file afterwards, as on a machine that ran a stage before
+    seconds = interleaved(arms, repeats)
+    return {
+        "import_cost": {
+            stage: {
+                "wall_s": round(median(seconds[stage]["wall"]), 3),
+                "wall_s_with_torchmetrics": round(median(seconds[f"{stage}+torchmetrics"]["wall"]), 3),
+                "ratio_with_torchmetrics": rounded_interval(
+                    ratio_interval(seconds[f"{stage}+torchmetrics"]["wall"], seconds[stage]["wall"])
+                ),
+            }
+            for stage in FID_ONLY_STAGES
         }
     }

@@ -71,6 +71,7 @@ BENCHMARKS = {
         "loop", ("image_step_ms", "image_step_cpu_ms", "image_step_cost_vs_digits", "image_step_threads")
     ),
     "stage_costs": Benchmark("costs", ("stage_costs",)),
+    "import_cost": Benchmark("costs", ("import_cost",)),
     "logging_async": Benchmark("costs", ("logging_async",)),
     "streaming": Benchmark("loop", ("stream_throughput_ratio",)),
     "throughput": Benchmark(

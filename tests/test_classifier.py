@@ -13,19 +13,10 @@ import torch.nn.functional as F
 from pytorch_fid.inception import InceptionV3 as PytorchFidInception
 from torchvision.models.inception import Inception3, InceptionA, InceptionC, InceptionE
 
-from cdgan.classifier import (
-    FEATURE_DIM,
-    INCEPTION_DIM,
-    INCEPTION_URL,
-    Classifier,
-    FidInceptionV3,
-    classifier_accuracy,
-    classifier_from_config,
-    fit_classifier,
-    load_fid_inception,
-)
+from cdgan.classifier import FEATURE_DIM, Classifier, classifier_accuracy, classifier_from_config, fit_classifier
 from cdgan.data import build_dataset, build_splits
 from cdgan.errors import CdganError
+from cdgan.inception import INCEPTION_DIM, INCEPTION_URL, FidInceptionV3, load_fid_inception
 from cdgan.params import DataParams, EvaluateParams
 
 

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cdgan.classifier import INCEPTION_DIM, load_fid_inception
 from cdgan.data import Dataset, draw_mixture, mode_centres
 from cdgan.errors import CdganError
 from cdgan.metrics import (
@@ -96,6 +95,8 @@ def build_extractor(ev: EvaluateParams, reference: Reference, device: torch.devi
     if ev.feature_extractor == "domain":
         classifier = reference.classifier
         return FeatureExtractor("domain", classifier.feature_dim, classifier.n_classes, classifier.to(device))
+    from cdgan.inception import INCEPTION_DIM, load_fid_inception  # torchvision's import: only where it is used
+
     return FeatureExtractor("inception", INCEPTION_DIM, 1008, load_fid_inception(Path(ev.inception_weights)).to(device))
 
 

@@ -8,9 +8,7 @@ import warnings
 
 import numpy as np
 import torch
-from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.image.kid import poly_mmd
+from torch import Tensor, nn
 
 FID_EPS = 1e-6  # added to both covariance diagonals when they are not usable as they are (as pytorch-fid)
 _PSD_TOL = 1e-9  # eigenvalues down to -_PSD_TOL * mean variance count as round-off, not as indefiniteness
@@ -76,16 +74,29 @@ def _frechet(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.nd
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
 
 
-class FeatureStats(Metric):
+class _Sums(nn.Module):
+    """Float64 running sums that move with `.to(device)`; `reset` zeroes them.
+
+    Hand-written rather than torchmetrics' Metric base: importing torchmetrics takes seconds (it pulls in
+    scipy.signal, matplotlib and torchvision), which every stage process that scores FID would pay at start;
+    these sums need none of its machinery (benchmarks/imports.py measures the difference).
+    """
+
+    def __init__(self, **shapes: tuple[int, ...]) -> None:
+        super().__init__()
+        for name, shape in shapes.items():
+            self.register_buffer(name, torch.zeros(shape, dtype=torch.float64))
+
+    def reset(self) -> None:
+        for buffer in self.buffers():
+            buffer.zero_()
+
+
+class FeatureStats(_Sums):
     """Running mean and covariance of (N, d) features in float64: memory is O(d^2), not O(N d)."""
 
-    full_state_update = False
-
     def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.add_state("total", torch.zeros(dim, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("outer", torch.zeros(dim, dim, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        super().__init__(total=(dim,), outer=(dim, dim), count=())
 
     def update(self, features: Tensor) -> None:  # (B, d)
         features = features.detach().to(torch.float64)
@@ -100,7 +111,7 @@ class FeatureStats(Metric):
         return mean.cpu().numpy(), cov.cpu().numpy()
 
 
-class InceptionScore(Metric):
+class InceptionScore(_Sums):
     """exp(E_x KL(p(y|x) || p(y))) over all samples as one split, streamed: O(classes) memory.
 
     Not torchmetrics' InceptionScore: that one keeps every logit, splits after an unseeded shuffle and
@@ -108,14 +119,8 @@ class InceptionScore(Metric):
     With cdgan's domain classifier as the network this is the *domain* classifier's score.
     """
 
-    higher_is_better = True
-    full_state_update = False
-
     def __init__(self, n_classes: int) -> None:
-        super().__init__()
-        self.add_state("prob_sum", torch.zeros(n_classes, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("neg_entropy_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        super().__init__(prob_sum=(n_classes,), neg_entropy_sum=(), count=())
 
     def update(self, logits: Tensor) -> None:  # (B, n_classes)
         log_p = logits.detach().to(torch.float64).log_softmax(1)
@@ -140,6 +145,8 @@ def kernel_inception_distance(
     draws subsets from the unseeded global RNG (a DVC stage must be repeatable) and runs its own
     feature network, while cdgan featurizes each sample once for every metric.
     """
+    from torchmetrics.image.kid import poly_mmd  # torchmetrics' import cost only where KID is scored (_Sums)
+
     if subset_size > min(len(real), len(fake)):
         raise ValueError(f"subset_size {subset_size} > samples ({len(real)} real, {len(fake)} fake)")
     gen = torch.Generator().manual_seed(seed)
