@@ -41,9 +41,10 @@ test-fast: setup  ## the edit loop: unit and in-process tests, no subprocess, se
 test-slow: setup  ## only the slow tests (minutes of training each): quality targets, dvc exp, serving, compile
 	pytest -m slow -n auto --dist load
 
-# the real-image presets' full targets (MNIST, stacked MNIST): 15-30 min of training each, too long for CI, which
-# runs their shortened checks in the slow tier instead (tests/test_quality.py says how their bounds were set)
-test-quality: setup  ## the full quality targets of the real-image presets, one seed each (about an hour)
+# the full targets of the longest presets (stacked digits, MNIST, stacked MNIST): 10-30 min of training each, too
+# long for CI, which runs their shortened checks in the slow tier instead (tests/test_quality.py says how their
+# bounds were set)
+test-quality: setup  ## the full quality targets of the longest presets, one seed each (about an hour)
 	pytest -m quality -n 2 --durations=25
 
 lint: setup

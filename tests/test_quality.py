@@ -73,7 +73,25 @@ def test_mixture_preset_covers_every_mode_at_the_data_width(dataset: str, tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.heavy  # 16000 steps, then 26,000 samples scored (the stacked MNIST protocol)
+@pytest.mark.heavy  # 4000 steps, then 10,000 samples scored
+def test_stacked_digits_preset_shortened_covers_every_mode_early(tmp_path: Path, mlflow_uri: str) -> None:
+    """CI's stand-in for the full target below (make test-quality): the README's three claims for the preset,
+    after a quarter of its steps and on 10,000 samples. Measured on seed 0 (RESULTS.md "stacked-digits"): modes
+    998 against a real-data floor of 968 at this count, KL 0.11 against 1.3 kl_floor = 0.24, fid 31.4 against
+    fid_gmm / 2 = 40.0."""
+    # given the stacked-digits preset as it ships, cut to 4000 steps and 10,000 samples
+    raw = read_preset(REPO / "presets" / "stacked-digits.yaml", REPO / "params.yaml")
+    raw["train"] |= {"steps": 4000}
+    raw["evaluate"] |= {"n_samples": 10_000}
+    # when
+    m = _run(raw, tmp_path)
+    # then as many modes as real data shows at this sample count, a balance within 1.3x of real data's KL, and
+    # at most half the Gaussian mixture's FID
+    assert m["modes"] >= m["modes_floor"] and m["kl"] <= 1.3 * m["kl_floor"], m
+    assert m["fid"] <= m["fid_gmm"] / 2, m
+
+
+@pytest.mark.quality  # 16000 steps, then 26,000 samples scored (the stacked MNIST protocol): make test-quality
 def test_stacked_digits_preset_covers_every_mode_near_the_real_data_balance(tmp_path: Path, mlflow_uri: str) -> None:
     # given the stacked-digits preset as it ships, on params.yaml (1000 modes: three digits as the channels)
     raw = read_preset(REPO / "presets" / "stacked-digits.yaml", REPO / "params.yaml")
