@@ -38,7 +38,7 @@ def test_dvc_yaml_declares_the_stages_with_paths_as_in_code() -> None:
     assert declared("prepare", "outs") == {str(paths.prepared)}
     assert declared("train", "outs") >= {str(paths.generator), str(paths.energy), str(paths.checkpoint)}
     assert declared("train", "metrics") == {str(paths.train_metrics)}
-    assert declared("reference", "metrics") == {str(paths.reference_metrics)}
+    assert declared("reference", "outs") == {str(paths.reference_metrics)}
     assert str(paths.reference_metrics) in declared("evaluate", "deps")
     assert declared("evaluate", "metrics") == {str(paths.eval_metrics)}
     assert declared("register", "metrics") == {str(paths.register_metrics)}
