@@ -11,15 +11,15 @@ from typing import Any
 from torch import Tensor
 
 from cdgan import tracking
-from cdgan.data import load_dataset, mode_centres
+from cdgan.data import Dataset, mode_centres
 from cdgan.devices import resolve_device
-from cdgan.evaluation import build_suite, score_model
+from cdgan.evaluation import Suite, score_model
 from cdgan.files import read_json, write_json
 from cdgan.models import EnergyNet, Generator
 from cdgan.params import Params, Paths, SampleParams
 from cdgan.pictures import save_samples_png
 from cdgan.stages.edge import run_stage
-from cdgan.stages.reference import read_reference, scale_hashes
+from cdgan.stages.reference import load_suite, read_reference, scale_hashes
 from cdgan.stages.trained import load_trained, loss_label
 
 Networks = tuple[Generator, EnergyNet, SampleParams]  # a sampler: both networks and how to draw from them
@@ -45,20 +45,24 @@ class Scores:
 
 
 def score(
-    params: Params, paths: Paths, networks: Callable[[tuple[int, ...]], Networks], reference: dict[str, float]
+    params: Params,
+    paths: Paths,
+    networks: Callable[[tuple[int, ...]], Networks],
+    reference: Callable[[Suite, Dataset], dict[str, float]],
 ) -> Scores:
     """Score the sampler `networks(data_shape)` returns on the prepared data, as `evaluate` does, beside the
-    `reference` points of that data; the params are checked against the data before it is called."""
-    heldout = load_dataset(paths.heldout)
+    reference points `reference(suite, heldout)` gives; the params are checked against the data and the
+    reference points taken before the sampler is called."""
     ev = params.evaluate
-    device = resolve_device(ev.device, "evaluate.device")
-    suite = build_suite(params.data.dataset, heldout, paths.classifier, ev, device)  # checks params against the data
+    suite, heldout = load_suite(params, paths)
+    points = reference(suite, heldout)
     generator, energy, sampling = networks(heldout.shape)
+    device = resolve_device(ev.device, "evaluate.device")
     evaluation = score_model(suite, generator.to(device), energy.to(device), sampling)
     info = {"dataset": params.data.dataset, "feature_extractor": suite.feature_extractor, "n_samples": ev.n_samples,
             "seed": ev.seed, "sample_space": sampling.space}  # fmt: skip
     hashes = scale_hashes(suite.feature_extractor, ev, paths)
-    return Scores(evaluation.metrics | reference, info | hashes, evaluation.preview)
+    return Scores(evaluation.metrics | points, info | hashes, evaluation.preview)
 
 
 def evaluate(params: Params, paths: Paths) -> EvaluateResult:
@@ -68,7 +72,8 @@ def evaluate(params: Params, paths: Paths) -> EvaluateResult:
     def networks(data_shape: tuple[int, ...]) -> Networks:
         return *load_trained(params, paths, data_shape), params.sample
 
-    scores = score(params, paths, networks, read_reference(params, paths))
+    points = read_reference(params, paths)  # refused before any scoring where scored on other settings
+    scores = score(params, paths, networks, lambda suite, heldout: points)
     centres = None if params.data.is_image else mode_centres(params.data.dataset)[0]
     title = f"{loss_label(params)}, {_sampling_label(params.sample)}"
     png = save_samples_png(paths.eval_plots / "samples.png", scores.preview, centres, title)

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdgan.data import load_dataset
+from cdgan.data import Dataset, load_dataset
 from cdgan.devices import resolve_device
 from cdgan.errors import CdganError
-from cdgan.evaluation import build_suite, reference_points
+from cdgan.evaluation import Suite, build_suite, reference_points
 from cdgan.files import read_json, sha256_file, write_json
 from cdgan.params import EvaluateParams, Params, Paths
 from cdgan.stages.edge import run_stage
@@ -54,17 +54,19 @@ def scored_on(params: Params, paths: Paths) -> dict[str, Any]:
     return {"dataset": params.data.dataset} | scale_hashes(extractor, ev, paths) | settings
 
 
-def score_reference(params: Params, paths: Paths) -> dict[str, float]:
-    """The reference points of the prepared data at params.evaluate's settings (evaluation.reference_points)."""
-    train_split, heldout = load_dataset(paths.dataset), load_dataset(paths.heldout)
+def load_suite(params: Params, paths: Paths) -> tuple[Suite, Dataset]:
+    """The metric suite of params.evaluate on the prepared held-out split (which checks the params against the
+    data), and that split."""
+    heldout = load_dataset(paths.heldout)
     device = resolve_device(params.evaluate.device, "evaluate.device")
-    suite = build_suite(params.data.dataset, heldout, paths.classifier, params.evaluate, device)
-    return reference_points(suite, train_split, heldout)
+    return build_suite(params.data.dataset, heldout, paths.classifier, params.evaluate, device), heldout
 
 
 def reference(params: Params, paths: Paths) -> ReferenceResult:
     """Score the reference points into metrics/reference.json, with what they were scored on."""
-    points = score_reference(params, paths)
+    train_split = load_dataset(paths.dataset)
+    suite, heldout = load_suite(params, paths)
+    points = reference_points(suite, train_split, heldout)
     write_json(paths.reference_metrics, points | {"scored_on": scored_on(params, paths)})
     return ReferenceResult(points, paths.reference_metrics)
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from cdgan import registry, tracking
+from cdgan.data import load_dataset
 from cdgan.errors import CdganError
+from cdgan.evaluation import reference_points
 from cdgan.files import write_json
 from cdgan.params import Params, Paths
 from cdgan.stages.evaluate import EvaluateResult, Networks, score
-from cdgan.stages.reference import score_reference
 
 
 def evaluate_registered(params: Params, paths: Paths, model_uri: str, out: Path) -> EvaluateResult:
@@ -24,7 +25,8 @@ def evaluate_registered(params: Params, paths: Paths, model_uri: str, out: Path)
         bundle = _load_registered(paths, model_uri, data_shape)
         return bundle.generator, bundle.energy, bundle.sampling
 
-    scores = score(params, paths, networks, score_reference(params, paths))
+    train_split = load_dataset(paths.dataset)
+    scores = score(params, paths, networks, lambda suite, heldout: reference_points(suite, train_split, heldout))
     write_json(out, scores.metrics | scores.info | {"model_uri": model_uri})
     return EvaluateResult(scores.metrics, out, None)
 
