@@ -59,8 +59,6 @@ VALUES = {"loss_e": -0.2, "e_real": -0.4, "e_fake": -0.2, "loss_g": -0.2, "grad_
 
 # --- stage_costs
 
-IMPORT_COST_SIZES = {"smoke": 2, "quick": 6, "full": 12}  # rounds of the import arms
-FID_ONLY_STAGES = ("prepare", "train")  # stages that take FID statistics and never score KID
 STAGE_COSTS_SIZES = {"smoke": (2, 2, 2, 0.2), "quick": (15, 7, 20, 2.0), "full": (40, 11, 50, 2.0)}
 # (loop steps per timing, repeats, calls per per-call timing, seconds the bar's thread is watched idle)
 
@@ -326,6 +324,12 @@ def logging_async(size: Size) -> dict[str, object]:
             "ratio_until_stored_cdgan_to_sync": ratios(until_stored, "mlflow_sync", ("wall",))["cdgan_sender"]["wall"],
         }
     }
+
+
+# --- stage start-up: import_cost
+
+IMPORT_COST_SIZES = {"smoke": 2, "quick": 6, "full": 12}  # rounds of the import arms
+FID_ONLY_STAGES = ("prepare", "train")  # stages that take FID statistics and never score KID
 
 
 def import_cost(size: Size) -> dict[str, object]:

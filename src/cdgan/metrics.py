@@ -79,7 +79,7 @@ class _Sums(nn.Module):
 
     Hand-written rather than torchmetrics' Metric base: importing torchmetrics takes seconds (it pulls in
     scipy.signal, matplotlib and torchvision), which every stage process that scores FID would pay at start;
-    these sums need none of its machinery (benchmarks/imports.py measures the difference).
+    these sums need none of its machinery (`python benchmarks/run.py --only import_cost` measures the difference).
     """
 
     def __init__(self, **shapes: tuple[int, ...]) -> None:
@@ -145,7 +145,7 @@ def kernel_inception_distance(
     draws subsets from the unseeded global RNG (a DVC stage must be repeatable) and runs its own
     feature network, while cdgan featurizes each sample once for every metric.
     """
-    from torchmetrics.image.kid import poly_mmd  # torchmetrics' import cost only where KID is scored (_Sums)
+    from torchmetrics.image.kid import poly_mmd  # imported here: its import cost only where KID is scored (_Sums)
 
     if subset_size > min(len(real), len(fake)):
         raise ValueError(f"subset_size {subset_size} > samples ({len(real)} real, {len(fake)} fake)")
